@@ -1,0 +1,116 @@
+"""What every arlm tokenizer shares: id checks, byte-exact decoding, streaming decode."""
+
+from __future__ import annotations
+
+import codecs
+from pathlib import Path
+
+import numpy as np
+
+
+def _byte_level_chars() -> list[str]:
+    """GPT-2's byte-level alphabet: the character that stands for each byte value.
+
+    Printable Latin-1 bytes stand for themselves; the others (controls, space, ...) are moved
+    to U+0100 onwards, in byte order, so every byte is a visible, non-whitespace character.
+    """
+    visible = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    chars, moved = [], 0
+    for b in range(256):
+        if b in visible:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(0x100 + moved))
+            moved += 1
+    return chars
+
+
+BYTE_TO_CHAR: list[str] = _byte_level_chars()
+CHAR_TO_BYTE: dict[str, int] = {c: b for b, c in enumerate(BYTE_TO_CHAR)}
+
+
+def check_ids(ids, vocab_size: int) -> np.ndarray:
+    """``ids`` (list, numpy array or 1-D tensor) as int64, or ValueError if any is out of range."""
+    if hasattr(ids, "detach"):  # a torch tensor, possibly on an accelerator
+        ids = ids.detach().cpu().numpy()
+    arr = np.asarray(ids)
+    if arr.ndim > 1:
+        raise ValueError(f"expected a 1-D sequence of token ids, got shape {arr.shape}")
+    arr = arr.reshape(-1)
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"token ids must be integers in [0, {vocab_size}), got dtype {arr.dtype}")
+    bad = (arr < 0) | (arr >= vocab_size)
+    if bad.any():
+        raise ValueError(
+            f"token id {int(arr[bad.argmax()])} is out of range: allowed ids are [0, {vocab_size})"
+        )
+    return arr.astype(np.int64, copy=False)
+
+
+class BaseTokenizer:
+    """The tokenizer protocol: ``kind``, ``vocab_size``, encode/decode, raw bytes, save."""
+
+    kind: str
+    vocab_size: int
+
+    @property
+    def id_dtype(self) -> type:
+        """The smallest numpy dtype ``encode_bytes`` uses for this vocabulary."""
+        return np.uint16 if self.vocab_size <= 65535 else np.int32
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``."""
+        raise NotImplementedError
+
+    def encode_bytes(self, data: bytes) -> np.ndarray:
+        """Token ids of a whole corpus as a 1-D array of ``id_dtype``."""
+        raise NotImplementedError
+
+    def token_bytes(self, ids) -> bytes:
+        """The raw bytes the tokens stand for, concatenated."""
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> Path:
+        """Write a Hugging Face ``tokenizer.json`` to ``path``; returns the path."""
+        raise NotImplementedError
+
+    def decode(self, ids) -> str:
+        """Text of ``ids``; bytes that are not valid UTF-8 become U+FFFD."""
+        return self.token_bytes(ids).decode("utf-8", errors="replace")
+
+    def stream_decoder(self) -> StreamDecoder:
+        """A decoder for ids that arrive a few at a time (generation)."""
+        return StreamDecoder(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+class StreamDecoder:
+    """Turns ids into text as they arrive, holding back UTF-8 sequences that are not complete yet.
+
+    The pieces returned by ``push`` and ``flush`` join to exactly ``tokenizer.decode(all ids)``.
+    """
+
+    def __init__(self, tokenizer: BaseTokenizer):
+        self.tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, ids) -> str:
+        """Add ids; return the text they complete."""
+        return self._utf8.decode(self.tokenizer.token_bytes(ids))
+
+    def flush(self) -> str:
+        """Return what is held back (as U+FFFD if incomplete) and start afresh."""
+        text = self._utf8.decode(b"", final=True)
+        self._utf8.reset()
+        return text
+
+
+def prepare_path(path: str | Path) -> Path:
+    """``path`` as a Path whose parent folder exists."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
