@@ -1,10 +1,11 @@
-"""Prefill + decode: the sampling loop as small free functions.
+"""Prefill + decode: the sampling loop as small pieces.
 
 Prompts are left-padded into one (B, T) batch with ``start`` (B,) marking each row's first real
-token, so every row is computed as if alone. The KV cache is preallocated for the model context;
-when a sequence outgrows it, decoding continues on a sliding window: the last ``max_seq_len // 2``
-tokens are prefilled into a fresh cache and decoding goes on from there (documented behaviour; the
-uncached path slides by one token per step, as x-transformers does).
+token, so every row is computed as if alone. Each model gets a ``Stepper`` that owns its
+preallocated KV cache and feeds it only the tokens it has not seen yet. When a sequence outgrows
+the model context, decoding continues on a sliding window: the last ``max_seq_len // 2`` tokens
+are prefilled into the cache again and decoding goes on from there (the uncached path slides by
+one token per step, as x-transformers does).
 """
 
 from __future__ import annotations
@@ -21,20 +22,32 @@ def check_sampling(temperature: float, seq_len: int) -> None:
     """Reject invalid sampling parameters before any work."""
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
         raise ValueError(f"seq_len (number of new tokens) must be an integer >= 1, got {seq_len!r}")
-    if not isinstance(temperature, (int, float)) or math.isnan(temperature) or temperature < 0 or math.isinf(temperature):
+    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or math.isnan(temperature)
+            or temperature < 0 or math.isinf(temperature)):
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
 
 
+def check_penalties(repetition_penalty: float, presence_penalty: float, frequency_penalty: float) -> None:
+    if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
+        raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off), got {repetition_penalty}")
+    for name, v in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)):
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number (0 = off), got {v}")
+
+
 def check_token_ids(ids: torch.Tensor, vocab_size: int, what: str = "prompt") -> None:
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
-        raise ValueError(f"{what} contains token id {bad}, outside the vocabulary [0, {vocab_size})")
+    if ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"{what} contains token id {lo if lo < 0 else hi}, outside the vocabulary [0, {vocab_size})")
 
 
 def left_pad(prompts: list[torch.Tensor], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack 1-D prompts of different lengths, left-padded: returns ids (B, T) and start (B,)."""
     if not prompts:
         raise ValueError("prompts is an empty list; give at least one prompt")
+    if any(p.dim() != 1 for p in prompts):
+        raise ValueError("each prompt in a list must be a 1-D tensor of token ids")
     lens = [int(p.shape[0]) for p in prompts]
     if min(lens) < 1:
         raise ValueError("every prompt needs at least one token")
@@ -46,27 +59,86 @@ def left_pad(prompts: list[torch.Tensor], pad_value: int) -> tuple[torch.Tensor,
     return out, start
 
 
+def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, repetition: float, presence: float,
+                    frequency: float) -> torch.Tensor:
+    """Penalise tokens already in the sequence. counts (B, V): occurrences so far.
+    repetition (Keskar et al. 2019, CTRL): positive logits / r, negative * r, for seen tokens.
+    presence / frequency (OpenAI API): logits - presence * seen - frequency * count."""
+    seen = counts > 0
+    if repetition != 1.0:
+        logits = torch.where(seen, torch.where(logits > 0, logits / repetition, logits * repetition), logits)
+    if presence or frequency:
+        logits = logits - presence * seen.to(logits.dtype) - frequency * counts.to(logits.dtype)
+    return logits
+
+
 def sample_next(logits: torch.Tensor, temperature: float, filter_fn: Callable = identity,
                 filter_kwargs: dict | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Pick the next token per row from logits (B, V): argmax at temperature 0, otherwise
     temperature first, then the filter, then sampling with ``generator``."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = filter_fn(logits.float() / temperature, **(filter_kwargs or {}))
-    probs = logits.softmax(dim=-1)
+    probs = filtered_probs(logits, temperature, filter_fn, filter_kwargs)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def filtered_probs(logits: torch.Tensor, temperature: float, filter_fn: Callable = identity,
+                   filter_kwargs: dict | None = None) -> torch.Tensor:
+    """The sampling distribution (B, V): softmax(filter(logits / temperature))."""
+    return filter_fn(logits.float() / temperature, **(filter_kwargs or {})).softmax(dim=-1)
+
+
+class Stepper:
+    """Runs one model over a growing token history ``hist`` (B, N), with or without a cache.
+
+    ``logits(hist, total)`` returns next-token logits (B, V) after the first ``total`` tokens,
+    feeding the model only what its cache lacks. ``rewind(n)`` forgets cached tokens past n
+    (speculative decoding): slots past the cursor are masked, so nothing needs clearing.
+    """
+
+    def __init__(self, model, batch: int, start: torch.Tensor | None, cache_kv: bool = True):
+        self.model, self.start, self.cache_kv = model, start, cache_kv
+        self.S = model.cfg.max_seq_len
+        self.cache = model.new_cache(batch, self.S) if cache_kv else None
+        self.offset = 0  # hist index of cache slot 0 (moves when the window slides)
+        self.seen = 0  # hist tokens [offset, seen) are in the cache
+
+    def _start(self, offset: int):
+        return None if self.start is None else (self.start - offset).clamp(min=0)
+
+    def logits(self, hist: torch.Tensor, total: int, all_positions: bool = False) -> torch.Tensor:
+        """Logits after hist[:, :total]: (B, V), or (B, n_fed, V) with ``all_positions``."""
+        dev = hist.device
+        if not self.cache_kv:
+            if all_positions:
+                raise ValueError("logits at every fed position need the KV cache (cache_kv=True)")
+            off = max(0, total - self.S)
+            return self.model(hist[:, off:total], start=self._start(off))[:, -1]
+        if total - self.offset > self.S:  # slide: re-prefill the last S // 2 tokens
+            self.offset = total - max(1, self.S // 2)
+            self.seen = self.offset
+        pos = torch.arange(self.seen - self.offset, total - self.offset, device=dev)
+        out = self.model(hist[:, self.seen:total], input_pos=pos, cache=self.cache, start=self._start(self.offset))
+        self.seen = total
+        return out if all_positions else out[:, -1]
+
+    def rewind(self, total: int) -> None:
+        self.seen = min(self.seen, total)
 
 
 @torch.no_grad()
 def stream_tokens(model, ids: torch.Tensor, start: torch.Tensor | None, max_new_tokens: int, *,
                   temperature: float = 1.0, filter_fn: Callable = identity, filter_kwargs: dict | None = None,
                   eos_token: int | None = None, pad_value: int = 0, cache_kv: bool = True,
-                  generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+                  generator: torch.Generator | None = None, logits_hook: Callable | None = None,
+                  repetition_penalty: float = 1.0, presence_penalty: float = 0.0,
+                  frequency_penalty: float = 0.0) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), one step at a time.
 
     A row that emits ``eos_token`` is finished: it yields ``pad_value`` from then on. The loop
     ends when every row has finished or after ``max_new_tokens`` steps. An EOS inside the prompt
-    does not finish a row.
+    does not finish a row. ``logits_hook(hist, total, logits) -> logits`` lets contrastive
+    decoding combine another model's logits.
     """
     B, T = ids.shape
     S = model.cfg.max_seq_len
@@ -76,37 +148,29 @@ def stream_tokens(model, ids: torch.Tensor, start: torch.Tensor | None, max_new_
     hist[:, :T] = ids
     total = T
     finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
-    step = lambda logits: sample_next(logits, temperature, filter_fn, filter_kwargs, generator)
-
-    if cache_kv:
-        cache = model.new_cache(B, S)
-        logits = model(ids, input_pos=torch.arange(T, device=ids.device), cache=cache, start=start)[:, -1]
-        pos = T
-    else:
-        logits = model(ids, start=start)[:, -1]
+    stepper = Stepper(model, B, start, cache_kv)
+    penalise = repetition_penalty != 1.0 or presence_penalty != 0.0 or frequency_penalty != 0.0
+    if penalise:
+        V = model.cfg.vocab_size
+        real = torch.ones_like(ids, dtype=torch.bool) if start is None else \
+            torch.arange(T, device=ids.device)[None] >= start[:, None]
+        counts = torch.zeros(B, V, device=ids.device).scatter_add_(1, ids, real.float())
+    sync_every = 1 if ids.device.type == "cpu" else 16  # checking "all finished" syncs the GPU
 
     for i in range(max_new_tokens):
-        tok = step(logits)
+        logits = stepper.logits(hist, total)
+        if logits_hook is not None:
+            logits = logits_hook(hist, total, logits)
+        if penalise:
+            logits = apply_penalties(logits.float(), counts, repetition_penalty, presence_penalty, frequency_penalty)
+        tok = sample_next(logits, temperature, filter_fn, filter_kwargs, generator)
         if eos_token is not None:
             tok = tok.masked_fill(finished, pad_value)
             finished = finished | (tok == eos_token)
+        if penalise:
+            counts.scatter_add_(1, tok[:, None], torch.ones(B, 1, device=ids.device))
         hist[:, total] = tok
         total += 1
         yield tok
-        if i == max_new_tokens - 1 or (eos_token is not None and bool(finished.all())):
+        if eos_token is not None and (i + 1) % sync_every == 0 and bool(finished.all()):
             return
-        if not cache_kv:
-            off = max(0, total - S)
-            window_start = None if start is None else (start - off).clamp(min=0)
-            logits = model(hist[:, off:total], start=window_start)[:, -1]
-        elif pos < S:
-            logits = model(tok[:, None], input_pos=torch.tensor([pos], device=ids.device),
-                           cache=cache, start=start)[:, -1]
-            pos += 1
-        else:  # cache full: continue on a sliding window of the last S // 2 tokens
-            keep = max(1, S // 2)
-            off = total - keep
-            start = None if start is None else (start - off).clamp(min=0)
-            logits = model(hist[:, off:total], input_pos=torch.arange(keep, device=ids.device),
-                           cache=cache, start=start)[:, -1]
-            pos = keep

@@ -8,22 +8,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .decode import check_sampling, check_token_ids, left_pad, stream_tokens
+from .beam import beam_search as _beam_search
+from .contrastive import contrastive_hook
+from .decode import check_penalties, check_sampling, check_token_ids, left_pad, stream_tokens
 from .filters import resolve_filter, top_k
+from .speculative import speculative_tokens
 
 
 class AutoregressiveWrapper(nn.Module):
     """Wraps a ``TransformerWrapper`` / ``Transformer`` for training and sampling.
 
     ``loss = wrapper(seq)`` with seq (B, T+1): inputs seq[:, :-1], targets seq[:, 1:] (the shift
-    happens inside), positions equal to ``ignore_index`` are ignored in the loss.
+    happens inside); target positions equal to ``ignore_index`` are left out of the loss.
     ``mask_prob`` > 0 is Forgetful Causal Masking (Liu et al. 2022): during training that fraction
     of earlier tokens is hidden from attention (never the first token).
     """
 
     def __init__(self, net: nn.Module, *, ignore_index: int = -100, pad_value: int = 0, mask_prob: float = 0.0):
         super().__init__()
-        if not hasattr(net, "cfg"):
+        if not hasattr(net, "cfg") or not hasattr(net, "new_cache"):
             raise TypeError("AutoregressiveWrapper needs an arlm TransformerWrapper or Transformer")
         if not (0.0 <= mask_prob < 1.0):
             raise ValueError(f"mask_prob must be in [0, 1), got {mask_prob}")
@@ -32,6 +35,7 @@ class AutoregressiveWrapper(nn.Module):
         self.ignore_index = ignore_index
         self.pad_value = pad_value
         self.mask_prob = mask_prob
+        self.last_stats: dict = {}  # e.g. speculative acceptance rate of the last generate()
 
     def forward(self, x: torch.Tensor, return_outputs: bool = False):
         """Mean next-token cross-entropy of x (B, T+1); with ``return_outputs`` also the logits."""
@@ -52,36 +56,24 @@ class AutoregressiveWrapper(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=self.ignore_index)
         return (loss, logits) if return_outputs else loss
 
-    def _prepare(self, prompts, prompt_lens):
-        """-> (ids (B, T) left-padded, start (B,) or None, was_1d)."""
+    def _prepare(self, prompts, prompt_lens, truncate_prompt: bool):
+        """-> (ids (B, T) left-padded, start (B,) or None), validated and fitted to the context."""
         if isinstance(prompts, (list, tuple)):
             if prompt_lens is not None:
                 raise ValueError("prompt_lens is derived from a list of prompts; give one or the other")
             ids, start = left_pad([torch.as_tensor(p, dtype=torch.long) for p in prompts], self.pad_value)
-            return ids, (start if bool(start.any()) else None), False
-        was_1d = prompts.dim() == 1
-        ids = prompts[None] if was_1d else prompts
-        if ids.dim() != 2 or ids.shape[1] < 1:
-            raise ValueError(f"prompts must be (T,) or (B, T) token ids with T >= 1, got {tuple(prompts.shape)}")
-        if prompt_lens is None:
-            return ids, None, was_1d
-        # x-transformers convention: right-padded prompts with their lengths
-        rows = [ids[i, : int(n)] for i, n in enumerate(prompt_lens)]
-        ids, start = left_pad(rows, self.pad_value)
-        return ids, start, was_1d
-
-    def stream(self, prompts, seq_len: int, eos_token: int | None = None, temperature: float = 1.0,
-               prompt_lens: torch.Tensor | None = None, filter_logits_fn: str | Callable | None = top_k,
-               filter_kwargs: dict | None = None, cache_kv: bool = True,
-               generator: torch.Generator | None = None, restrict_to_max_seq_len: bool = True,
-               truncate_prompt: bool = False) -> Iterator[torch.Tensor]:
-        """Like ``generate`` but yields each step's tokens (B,) as they are produced."""
-        check_sampling(temperature, seq_len)
-        filter_fn = resolve_filter(filter_logits_fn)
-        ids, start, _ = self._prepare(prompts, prompt_lens)
+        else:
+            if not torch.is_tensor(prompts):
+                raise ValueError(f"prompts must be a tensor or a list of 1-D tensors, got {type(prompts).__name__}")
+            ids = prompts[None] if prompts.dim() == 1 else prompts
+            if ids.dim() != 2 or ids.shape[1] < 1:
+                raise ValueError(f"prompts must be (T,) or (B, T) token ids with T >= 1, got {tuple(prompts.shape)}")
+            start = None
+            if prompt_lens is not None:  # x-transformers convention: right-padded prompts + lengths
+                ids, start = left_pad([ids[i, : int(n)] for i, n in enumerate(prompt_lens)], self.pad_value)
         check_token_ids(ids, self.net.cfg.vocab_size)
-        if eos_token is not None and not (0 <= eos_token < self.net.cfg.vocab_size):
-            raise ValueError(f"eos_token {eos_token} is outside the vocabulary [0, {self.net.cfg.vocab_size})")
+        if start is not None and not bool(start.any()):
+            start = None
         S = self.max_seq_len
         if ids.shape[1] > S:
             if not truncate_prompt:
@@ -90,36 +82,129 @@ class AutoregressiveWrapper(nn.Module):
             off = ids.shape[1] - S
             ids = ids[:, off:]
             start = None if start is None else (start - off).clamp(min=0)
-        if not restrict_to_max_seq_len and ids.shape[1] + seq_len > S:
-            raise ValueError(f"prompt + seq_len = {ids.shape[1] + seq_len} exceeds max_seq_len={S} "
+        return ids, start
+
+    def _check_eos(self, eos_token):
+        if eos_token is not None and not (0 <= eos_token < self.net.cfg.vocab_size):
+            raise ValueError(f"eos_token {eos_token} is outside the vocabulary [0, {self.net.cfg.vocab_size})")
+
+    def stream(self, prompts, seq_len: int, eos_token: int | None = None, temperature: float = 1.0,
+               prompt_lens: torch.Tensor | None = None, filter_logits_fn: str | Callable | None = top_k,
+               restrict_to_max_seq_len: bool = True, filter_kwargs: dict | None = None,
+               cache_kv: bool = True, generator: torch.Generator | None = None, *,
+               truncate_prompt: bool = False, amateur_model: nn.Module | None = None,
+               contrastive_decode_kwargs: dict | None = None, draft_model: nn.Module | None = None,
+               num_draft_tokens: int = 4, repetition_penalty: float = 1.0, presence_penalty: float = 0.0,
+               frequency_penalty: float = 0.0, num_samples: int = 1) -> Iterator[torch.Tensor]:
+        """Like ``generate`` but yields each step's tokens (B,) as they are produced."""
+        check_sampling(temperature, seq_len)
+        check_penalties(repetition_penalty, presence_penalty, frequency_penalty)
+        self._check_eos(eos_token)
+        filter_fn = resolve_filter(filter_logits_fn)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        ids, start = self._prepare(prompts, prompt_lens, truncate_prompt)
+        if num_samples > 1:
+            ids = ids.repeat_interleave(num_samples, dim=0)
+            start = None if start is None else start.repeat_interleave(num_samples)
+        if not restrict_to_max_seq_len and ids.shape[1] + seq_len > self.max_seq_len:
+            raise ValueError(f"prompt + seq_len = {ids.shape[1] + seq_len} exceeds max_seq_len={self.max_seq_len} "
                              "and restrict_to_max_seq_len=False; allow the sliding window or ask for fewer tokens")
-        was_training = self.net.training
-        self.net.eval()
+        if draft_model is not None and amateur_model is not None:
+            raise ValueError("choose either draft_model (speculative) or amateur_model (contrastive), not both")
+        models = [m for m in (amateur_model, draft_model) if m is not None]
+        was_training = [m.training for m in (self.net, *models)]
+        for m in (self.net, *models):
+            m.eval()
+        self.last_stats = {}
         try:
+            if draft_model is not None:
+                if isinstance(num_draft_tokens, bool) or not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
+                    raise ValueError(f"num_draft_tokens must be an integer >= 1, got {num_draft_tokens!r}")
+                if eos_token is not None or repetition_penalty != 1.0 or presence_penalty or frequency_penalty:
+                    raise ValueError("speculative decoding supports neither eos_token nor penalties; "
+                                     "use plain generate for those")
+                draft = getattr(draft_model, "net", draft_model)
+                yield from speculative_tokens(self.net, draft, ids, start, seq_len, num_draft_tokens=num_draft_tokens,
+                                              temperature=temperature, filter_fn=filter_fn,
+                                              filter_kwargs=filter_kwargs, generator=generator, stats=self.last_stats)
+                return
+            hook = None
+            if amateur_model is not None:
+                amateur = getattr(amateur_model, "net", amateur_model)
+                hook = contrastive_hook(amateur, ids.shape[0], start, cache_kv, **(contrastive_decode_kwargs or {}))
             yield from stream_tokens(self.net, ids, start, seq_len, temperature=temperature, filter_fn=filter_fn,
                                      filter_kwargs=filter_kwargs, eos_token=eos_token, pad_value=self.pad_value,
-                                     cache_kv=cache_kv, generator=generator)
+                                     cache_kv=cache_kv, generator=generator, logits_hook=hook,
+                                     repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+                                     frequency_penalty=frequency_penalty)
         finally:
-            self.net.train(was_training)
+            for m, t in zip((self.net, *models), was_training):
+                m.train(t)
 
     @torch.no_grad()
     def generate(self, prompts, seq_len: int, eos_token: int | None = None, temperature: float = 1.0,
                  prompt_lens: torch.Tensor | None = None, filter_logits_fn: str | Callable | None = top_k,
                  restrict_to_max_seq_len: bool = True, filter_kwargs: dict | None = None,
-                 cache_kv: bool = True, generator: torch.Generator | None = None,
-                 truncate_prompt: bool = False) -> torch.Tensor:
+                 cache_kv: bool = True, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
         """Sample ``seq_len`` new tokens after each prompt and return only the new tokens.
 
-        prompts: (T,), (B, T), or a list of 1-D prompts of different lengths (each row then
-        gives exactly what it gives alone). temperature 0 is greedy. Temperature is applied
-        before the filter (x-transformers applies it after, which changes what top_p/min_p keep).
-        ``filter_logits_fn``: top_k, top_p, top_a, min_p (callables or names) or None.
+        prompts: (T,), (B, T), a list of 1-D prompts of different lengths, or right-padded (B, T)
+        with ``prompt_lens``; each row gives exactly what it would give alone.
+        temperature 0 is greedy. Order: penalties, then temperature, then the filter, then sampling
+        (x-transformers applies temperature after the filter, which changes what top_p, top_a and
+        min_p keep; arlm follows the common convention). ``filter_logits_fn``: top_k, top_p, top_a,
+        min_p, as callables or names, or None; ``filter_kwargs`` go to it.
         Per-row EOS: a row ends at its first generated ``eos_token`` and is padded with
-        ``pad_value`` after it; an EOS inside the prompt does not end a row.
+        ``pad_value`` after it; an EOS inside the prompt does not end a row; generation stops when
+        every row has ended (x-transformers treats a prompt containing EOS as ended).
+        Keyword-only extras: ``truncate_prompt`` (keep the last max_seq_len prompt tokens instead of
+        raising), ``num_samples`` (samples per prompt, rows grouped per prompt),
+        ``repetition_penalty`` / ``presence_penalty`` / ``frequency_penalty``, ``amateur_model`` +
+        ``contrastive_decode_kwargs=dict(alpha=0.1, beta=0.5)`` (contrastive decoding),
+        ``draft_model`` + ``num_draft_tokens`` (speculative decoding; acceptance rate in
+        ``self.last_stats``).
         Returns (B, n) or (n,) for a 1-D prompt, n <= seq_len (fewer when every row ended early).
         """
-        was_1d = not isinstance(prompts, (list, tuple)) and prompts.dim() == 1
+        was_1d = torch.is_tensor(prompts) and prompts.dim() == 1 and kwargs.get("num_samples", 1) == 1
         steps = list(self.stream(prompts, seq_len, eos_token, temperature, prompt_lens, filter_logits_fn,
-                                 filter_kwargs, cache_kv, generator, restrict_to_max_seq_len, truncate_prompt))
+                                 restrict_to_max_seq_len, filter_kwargs, cache_kv, generator, **kwargs))
         out = torch.stack(steps, dim=1)
+        if eos_token is not None:  # drop trailing steps taken after every row had ended
+            ended = (out == eos_token).cumsum(dim=1) > 0  # (B, n): True from a row's EOS on
+            all_ended = ended.all(dim=0)
+            if bool(all_ended.any()):
+                out = out[:, : int(all_ended.float().argmax()) + 1]
         return out[0] if was_1d else out
+
+    @torch.no_grad()
+    def beam_search(self, prompts, seq_len: int, beams: int = 4, return_beams_and_scores: bool = False,
+                    eos_token: int | None = None, length_penalty: float = 1.0, stochastic: bool = False,
+                    temperature: float = 1.0, prompt_lens: torch.Tensor | None = None, cache_kv: bool = True,
+                    generator: torch.Generator | None = None, truncate_prompt: bool = False):
+        """Beam search over ``beams`` hypotheses per prompt; returns the best new tokens (B, seq_len)
+        padded with ``pad_value`` after EOS, or with ``return_beams_and_scores`` all beams
+        (B, beams, seq_len), best first, and their length-normalised log-probabilities (B, beams).
+        Finished hypotheses (EOS) are kept and ranked by logp / length ** length_penalty;
+        ``beams=1`` equals greedy decoding. ``stochastic`` samples beams (Gumbel top-k)."""
+        check_sampling(temperature, seq_len)
+        self._check_eos(eos_token)
+        if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
+            raise ValueError(f"beams must be an integer >= 1, got {beams!r}")
+        if stochastic and temperature == 0:
+            raise ValueError("stochastic beam search needs temperature > 0")
+        was_1d = torch.is_tensor(prompts) and prompts.dim() == 1
+        ids, start = self._prepare(prompts, prompt_lens, truncate_prompt)
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            seqs, scores = _beam_search(self.net, ids, start, seq_len, beams=beams, eos_token=eos_token,
+                                        length_penalty=length_penalty, stochastic=stochastic,
+                                        temperature=temperature, pad_value=self.pad_value, generator=generator,
+                                        cache_kv=cache_kv)
+        finally:
+            self.net.train(was_training)
+        if return_beams_and_scores:
+            return (seqs[0], scores[0]) if was_1d else (seqs, scores)
+        best = seqs[:, 0]
+        return best[0] if was_1d else best

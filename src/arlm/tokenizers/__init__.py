@@ -1,4 +1,4 @@
-"""Tokenizers: bytes (exact for any input) or byte-level BPE, saved as Hugging Face tokenizer.json."""
+"""Tokenizers: bytes (exact for any input) or byte-level BPE, saved as HF tokenizer.json."""
 
 from __future__ import annotations
 

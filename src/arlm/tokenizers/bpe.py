@@ -89,7 +89,8 @@ class BPETokenizer(BaseTokenizer):
 
     def encode_bytes(self, data: bytes, chunk_chars: int = CHUNK_CHARS) -> np.ndarray:
         text = bytes(data).decode("utf-8", errors="replace")
-        pieces = self._hf.encode_batch(list(text_chunks(text, chunk_chars)), add_special_tokens=False)
+        chunks = list(text_chunks(text, chunk_chars))
+        pieces = self._hf.encode_batch(chunks, add_special_tokens=False)
         parts = [np.asarray(p.ids, dtype=self.id_dtype) for p in pieces]
         return np.concatenate(parts) if parts else np.empty(0, dtype=self.id_dtype)
 
