@@ -376,3 +376,17 @@ def test_invalid_lengths_and_ids_raise(model):
         model.beam_search(p, 5, beams=0)
     with pytest.raises(ValueError, match="num_draft_tokens"):
         model.generate(p, 5, draft_model=model, num_draft_tokens=0)
+
+
+def test_compiled_decode_equals_eager_and_compiles_once():
+    # one compile for the one-token step; later calls (other prompt lengths) reuse it
+    torch._dynamo.reset()
+    m = make(dim=16, depth=1, seq=32, vocab=32, seed=2)
+    p1, p2 = torch.randint(0, 32, (1, 5)), torch.randint(0, 32, (1, 9))
+    eager1 = m.generate(p1, 12, temperature=0.0)
+    eager2 = m.generate(p2, 12, temperature=0.0)
+    from torch._dynamo.utils import counters
+    counters.clear()
+    assert torch.equal(m.generate(p1, 12, temperature=0.0, compile=True), eager1)
+    assert torch.equal(m.generate(p2, 12, temperature=0.0, compile=True), eager2)
+    assert counters["stats"]["unique_graphs"] == 1

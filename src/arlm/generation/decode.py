@@ -11,6 +11,7 @@ one token per step, as x-transformers does).
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Callable, Iterator
 
 import torch
@@ -88,6 +89,27 @@ def filtered_probs(logits: torch.Tensor, temperature: float, filter_fn: Callable
     return filter_fn(logits.float() / temperature, **(filter_kwargs or {})).softmax(dim=-1)
 
 
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compiled_step(model, batch: int):
+    """(cache, step) for one-token decode steps, compiled once per model and batch size.
+
+    Static shapes and a cache at fixed addresses let the step compile once and be reused by
+    later calls (the cache is reused too: stale slots are masked by position). On CUDA the step
+    is captured into CUDA graphs (``reduce-overhead``); elsewhere inductor fuses it."""
+    per_model = _COMPILED.setdefault(model, {})
+    p = model.token_emb.weight
+    key = (batch, p.device, p.dtype)
+    if key not in per_model:
+        cache = model.new_cache(batch, model.cfg.max_seq_len)
+        torch._dynamo.mark_static_address(cache.k)
+        torch._dynamo.mark_static_address(cache.v)
+        mode = "reduce-overhead" if p.device.type == "cuda" else None
+        per_model[key] = (cache, torch.compile(model, mode=mode, fullgraph=True, dynamic=False))
+    return per_model[key]
+
+
 class Stepper:
     """Runs one model over a growing token history ``hist`` (B, N), with or without a cache.
 
@@ -96,10 +118,16 @@ class Stepper:
     (speculative decoding): slots past the cursor are masked, so nothing needs clearing.
     """
 
-    def __init__(self, model, batch: int, start: torch.Tensor | None, cache_kv: bool = True):
+    def __init__(self, model, batch: int, start: torch.Tensor | None, cache_kv: bool = True, compile: bool = False):
         self.model, self.start, self.cache_kv = model, start, cache_kv
         self.S = model.cfg.max_seq_len
-        self.cache = model.new_cache(batch, self.S) if cache_kv else None
+        self.step_fn = model
+        if compile:
+            if not cache_kv:
+                raise ValueError("compile=True compiles the cached decode step; it needs cache_kv=True")
+            self.cache, self.step_fn = compiled_step(model, batch)
+        else:
+            self.cache = model.new_cache(batch, self.S) if cache_kv else None
         self.offset = 0  # hist index of cache slot 0 (moves when the window slides)
         self.seen = 0  # hist tokens [offset, seen) are in the cache
 
@@ -118,7 +146,11 @@ class Stepper:
             self.offset = total - max(1, self.S // 2)
             self.seen = self.offset
         pos = torch.arange(self.seen - self.offset, total - self.offset, device=dev)
-        out = self.model(hist[:, self.seen:total], input_pos=pos, cache=self.cache, start=self._start(self.offset))
+        ids = hist[:, self.seen:total]
+        if total - self.seen == 1:  # one-token steps have static shapes (contiguous: strides too)
+            out = self.step_fn(ids.clone(memory_format=torch.contiguous_format), input_pos=pos, cache=self.cache, start=self._start(self.offset))
+        else:
+            out = self.model(ids, input_pos=pos, cache=self.cache, start=self._start(self.offset))
         self.seen = total
         return out if all_positions else out[:, -1]
 
@@ -132,7 +164,7 @@ def stream_tokens(model, ids: torch.Tensor, start: torch.Tensor | None, max_new_
                   eos_token: int | None = None, pad_value: int = 0, cache_kv: bool = True,
                   generator: torch.Generator | None = None, logits_hook: Callable | None = None,
                   repetition_penalty: float = 1.0, presence_penalty: float = 0.0,
-                  frequency_penalty: float = 0.0) -> Iterator[torch.Tensor]:
+                  frequency_penalty: float = 0.0, compile: bool = False) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), one step at a time.
 
     A row that emits ``eos_token`` is finished: it yields ``pad_value`` from then on. The loop
@@ -148,7 +180,7 @@ def stream_tokens(model, ids: torch.Tensor, start: torch.Tensor | None, max_new_
     hist[:, :T] = ids
     total = T
     finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
-    stepper = Stepper(model, B, start, cache_kv)
+    stepper = Stepper(model, B, start, cache_kv, compile)
     penalise = repetition_penalty != 1.0 or presence_penalty != 0.0 or frequency_penalty != 0.0
     if penalise:
         V = model.cfg.vocab_size

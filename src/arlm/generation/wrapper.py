@@ -95,7 +95,7 @@ class AutoregressiveWrapper(nn.Module):
                truncate_prompt: bool = False, amateur_model: nn.Module | None = None,
                contrastive_decode_kwargs: dict | None = None, draft_model: nn.Module | None = None,
                num_draft_tokens: int = 4, repetition_penalty: float = 1.0, presence_penalty: float = 0.0,
-               frequency_penalty: float = 0.0, num_samples: int = 1) -> Iterator[torch.Tensor]:
+               frequency_penalty: float = 0.0, num_samples: int = 1, compile: bool = False) -> Iterator[torch.Tensor]:
         """Like ``generate`` but yields each step's tokens (B,) as they are produced."""
         check_sampling(temperature, seq_len)
         check_penalties(repetition_penalty, presence_penalty, frequency_penalty)
@@ -137,7 +137,7 @@ class AutoregressiveWrapper(nn.Module):
                                      filter_kwargs=filter_kwargs, eos_token=eos_token, pad_value=self.pad_value,
                                      cache_kv=cache_kv, generator=generator, logits_hook=hook,
                                      repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
-                                     frequency_penalty=frequency_penalty)
+                                     frequency_penalty=frequency_penalty, compile=compile)
         finally:
             for m, t in zip((self.net, *models), was_training):
                 m.train(t)
@@ -163,7 +163,8 @@ class AutoregressiveWrapper(nn.Module):
         ``repetition_penalty`` / ``presence_penalty`` / ``frequency_penalty``, ``amateur_model`` +
         ``contrastive_decode_kwargs=dict(alpha=0.1, beta=0.5)`` (contrastive decoding),
         ``draft_model`` + ``num_draft_tokens`` (speculative decoding; acceptance rate in
-        ``self.last_stats``).
+        ``self.last_stats``), ``compile`` (compile the one-token decode step; CUDA graphs on a GPU;
+        the first call pays the compile time).
         Returns (B, n) or (n,) for a 1-D prompt, n <= seq_len (fewer when every row ended early).
         """
         was_1d = torch.is_tensor(prompts) and prompts.dim() == 1 and kwargs.get("num_samples", 1) == 1
