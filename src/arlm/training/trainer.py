@@ -30,6 +30,7 @@ from ..generation import AutoregressiveWrapper
 from ..model import Transformer
 from ..tokenizers import build_tokenizer, load_tokenizer
 from . import checkpoint as ckpt_io
+from . import distributed as ddp
 from .checkpoint import CheckpointError
 from .device import autocast_ctx, resolve_device, resolve_precision
 from .metrics import (MetricsWriter, finite_or_none, flops_per_token, format_duration, matmul_params, peak_flops,
@@ -70,16 +71,18 @@ def forward_backward(model, micro_batches: list[torch.Tensor], bf16: bool) -> to
     """Accumulate gradients over micro-batches (each (B, T+1)); returns the mean loss (0-dim).
 
     Each micro-batch's loss is divided by their number, so the gradient is that of the mean
-    loss over all of them, the same as one batch of their concatenation.
+    loss over all of them, the same as one batch of their concatenation. Under DDP only the
+    last micro-batch all-reduces gradients.
     """
     n = len(micro_batches)
     total = None
-    for batch in micro_batches:
+    for i, batch in enumerate(micro_batches):
         device = batch.device
-        with autocast_ctx(device, bf16):
-            logits = model(batch[:, :-1])  # (B, T, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())  # fp32
-        (loss / n).backward()
+        with ddp.no_sync(model, last=i == n - 1):
+            with autocast_ctx(device, bf16):
+                logits = model(batch[:, :-1])  # (B, T, V)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())  # fp32
+            (loss / n).backward()
         total = loss.detach() if total is None else total + loss.detach()
     return total / n
 
@@ -147,6 +150,7 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
     tc = cfg.train
     device = resolve_device(tc.device)
     bf16 = resolve_precision(tc.precision, device)
+    dinfo = ddp.from_env()
 
     corpus = load_corpus(cfg.data.path)
     corpus_id = {"sha256": hashlib.sha256(corpus).hexdigest(), "bytes": len(corpus)}
@@ -182,13 +186,14 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
                                checkpoint=resume_from)
 
     # ---- model, optimizer, sampler; restored from the checkpoint before any write
+    device, owns_group = ddp.setup(dinfo, device)
     model = Transformer(cfg.model)
     if resume_from is None:
         model.init_weights(torch.Generator().manual_seed(tc.seed))
-        torch.manual_seed(tc.seed)  # dropout draws from the global generator
+        torch.manual_seed(tc.seed + dinfo.rank)  # dropout draws from the global generator, per rank
     model.to(device)
     optimizer = build_optimizer(model, tc, device)
-    sampler = ChunkSampler(splits.train, seq_len, tc.batch_size, tc.seed)
+    sampler = ChunkSampler(splits.train, seq_len, tc.batch_size, tc.seed, dinfo.rank, dinfo.world_size)
     if resume_from is not None:
         ckpt_io.load_weights(model, resume_from, device=device)
         ckpt_io.load_optimizer(optimizer, resume_from, device=device)
@@ -197,19 +202,26 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
             sampler.load_state_dict(state["sampler"])
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{resume_from / 'trainer_state.json'} has no usable sampler state: {e}") from None
-        ckpt_io.restore_rng(rng, device, log)
-    fwd = torch.compile(model) if tc.compile else model
+        ranks = rng.get("ranks") or []
+        if dinfo.enabled and len(ranks) != dinfo.world_size:
+            log(f"checkpoint has RNG states for {len(ranks) or 1} rank(s), this run has {dinfo.world_size}: "
+                "dropout will not repeat the original run exactly")
+        ckpt_io.restore_rng(ranks[dinfo.rank] if dinfo.rank < len(ranks) else rng, device, log)
+    fwd = ddp.wrap(model, dinfo, device)
+    fwd = torch.compile(fwd) if tc.compile else fwd
 
-    # ---- write the run folder
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(run_dir / "config.yaml")
-    tokenizer.save(run_dir / "tokenizer.json")
+    # ---- write the run folder (rank 0 only, once every rank has checked its inputs)
+    ddp.barrier(dinfo)
     metrics_path = run_dir / "metrics.jsonl"
-    if resume_from is not None and resume_from.parent.parent.resolve() == run_dir.resolve():
-        dropped = truncate_metrics(metrics_path, start_step)
-        if dropped:
-            log(f"metrics.jsonl: dropped {dropped} line(s) after step {start_step}; they are recomputed now")
-    metrics = MetricsWriter(metrics_path)
+    if dinfo.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.to_yaml(run_dir / "config.yaml")
+        tokenizer.save(run_dir / "tokenizer.json")
+        if resume_from is not None and resume_from.parent.parent.resolve() == run_dir.resolve():
+            dropped = truncate_metrics(metrics_path, start_step)
+            if dropped:
+                log(f"metrics.jsonl: dropped {dropped} line(s) after step {start_step}; they are recomputed now")
+    metrics = MetricsWriter(metrics_path) if dinfo.is_main else _NullWriter()
 
     step = start_step
     skipped = int(state.get("skipped_steps", 0))
@@ -220,14 +232,16 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
     last_val = state.get("last_val")
     last_saved = start_step if resume_from is not None else None
     last_ckpt = resume_from
-    tokens_per_step = tc.batch_size * tc.grad_accum * seq_len
+    tokens_per_step = tc.batch_size * tc.grad_accum * seq_len * dinfo.world_size
     peak = peak_flops(device, "bf16" if bf16 else "fp32")
     fpt = flops_per_token(cfg.model, matmul_params(model), seq_len)
     params = [p for p in model.parameters() if p.requires_grad]
     clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
     rng_devices = [device] if device.type == "cuda" else []
 
-    show_bar = progress and tc.progress
+    show_bar = progress and tc.progress and dinfo.is_main
+    if not dinfo.is_main:
+        log = lambda m: None  # noqa: E731  (rank 0 speaks for the run)
     bar = tqdm(total=tc.max_steps, initial=start_step, disable=not show_bar, dynamic_ncols=True, unit="step")
     say = (lambda m: bar.write(m)) if show_bar and log is print else log
     every_log = max(1, round(tc.max_steps / 10))
@@ -251,6 +265,11 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
 
     def save() -> None:
         nonlocal last_saved, last_ckpt
+        rngs = ddp.gather_objects(dinfo, ckpt_io.rng_state(device))  # a collective: every rank calls save()
+        last_saved = step
+        if not dinfo.is_main:
+            return
+        rng = {**rngs[0], "ranks": rngs} if dinfo.enabled else rngs[0]
         trainer_state = {
             "format": ckpt_io.FORMAT, "step": step, "sampler": sampler.state_dict(),
             "schedule": schedule_state(step, tc), "skipped_steps": skipped, "consecutive_skips": consecutive,
@@ -259,8 +278,7 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
         }
         last_ckpt = ckpt_io.save_checkpoint(run_dir, step, model=model, optimizer=optimizer,
                                             trainer_state=trainer_state, cfg=cfg, tokenizer=tokenizer,
-                                            keep_last=tc.keep_last, rng=ckpt_io.rng_state(device), log=say)
-        last_saved = step
+                                            keep_last=tc.keep_last, rng=rng, log=say)
 
     t_session = time.perf_counter()
 
@@ -281,7 +299,10 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
                 batches = [sampler.next_batch().to(device, non_blocking=True) for _ in range(tc.grad_accum)]
                 loss_t = forward_backward(fwd, batches, bf16)
                 norm_t = torch.nn.utils.clip_grad_norm_(params, clip)
-                loss, norm = float(loss_t), float(norm_t)  # one host sync per step
+                out_of_time = tc.max_minutes is not None and time.perf_counter() - t_session >= tc.max_minutes * 60
+                # one host sync per step; under DDP one all-reduce makes every decision unanimous
+                loss, any_signal, any_timeout = ddp.reduce_step(dinfo, loss_t, bool(received), out_of_time)
+                norm = float(norm_t)
                 ok = math.isfinite(loss) and math.isfinite(norm)
                 if ok:
                     optimizer.step()
@@ -319,14 +340,14 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
                 elif step % every_log == 0 or step == tc.max_steps:
                     log(f"step {step}/{tc.max_steps} | loss {loss:.4f} | lr {lr:.2e} | {tok_s_avg:,.0f} tok/s "
                         f"| eta {format_duration(eta)}")
-                if tc.eval_every and step % tc.eval_every == 0:
+                if tc.eval_every and step % tc.eval_every == 0 and dinfo.is_main:
                     run_eval()
-                if tc.sample_every and step % tc.sample_every == 0:
+                if tc.sample_every and step % tc.sample_every == 0 and dinfo.is_main:
                     run_sample()
                 stop = None
-                if received:
+                if any_signal:
                     stop = "signal"
-                elif tc.max_minutes is not None and time.perf_counter() - t_session >= tc.max_minutes * 60:
+                elif any_timeout:
                     stop = "max_minutes"
                 elif step >= tc.max_steps:
                     stop = "max_steps"
@@ -338,20 +359,23 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
                     break
 
             if stopped_by == "signal":
+                received = received or [signal.SIGTERM]  # another rank received it
                 name = signal.Signals(received[0]).name
                 say(f"received {name} at step {step}: saving a checkpoint and stopping")
                 if last_saved != step:
                     save()
             else:
-                if last_val is None or last_val.get("step") != step:
+                if dinfo.is_main and (last_val is None or last_val.get("step") != step):
                     run_eval()
                 if last_saved != step:
                     save()
-                if not (tc.sample_every and step % tc.sample_every == 0 and step > start_step):
+                if dinfo.is_main and not (tc.sample_every and step % tc.sample_every == 0 and step > start_step):
                     run_sample()
+        ddp.barrier(dinfo)
     finally:
         bar.close()
         metrics.close()
+        ddp.teardown(owns_group)
 
     seconds = time.perf_counter() - t_start
     done = step - start_step
@@ -367,6 +391,16 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
         skipped_steps=skipped,
         checkpoint=last_ckpt,
     )
+
+
+class _NullWriter:
+    """Metrics sink for ranks other than 0."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _check_train_cfg(cfg: RunConfig) -> None:
