@@ -1,0 +1,48 @@
+"""Shared test set-up: one CPU thread per process, and a small deterministic text corpus."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+# The tests use tiny models, where intra-op threads only add overhead, and on a busy 2-core
+# machine two threads per process oversubscribe the cores (measured: the CLI tests ran 3-4x
+# slower). Subprocesses inherit the variable; set OMP_NUM_THREADS yourself to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402  (after the variable, so a fresh import picks it up)
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+_WORDS = ("the model reads a token and predicts the next one so that a small network learns "
+          "simple patterns in plain text with spaces commas and full stops").split()
+
+
+def make_corpus(n_bytes: int = 16_000, seed: int = 0) -> str:
+    """Deterministic ASCII text of about ``n_bytes``: short lines of words from a small vocabulary,
+    with enough repetition that a tiny model learns something in a few steps."""
+    rng = random.Random(seed)
+    lines, size = [], 0
+    while size < n_bytes:
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 10))]
+        line = " ".join(words).capitalize() + rng.choice((".", ",", "."))
+        lines.append(line)
+        size += len(line) + 1
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_text() -> str:
+    """About 16 KB of deterministic ASCII text (the same every run)."""
+    return make_corpus()
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory, tiny_corpus_text) -> Path:
+    """A text file holding ``tiny_corpus_text``; do not modify it (shared by the whole session)."""
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    path.write_text(tiny_corpus_text, encoding="utf-8")
+    return path
