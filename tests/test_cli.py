@@ -155,6 +155,28 @@ def test_generate_prints_prompt_then_new_text_and_is_seeded(run):
     assert rc == 0 and c.count("The model") == 2
 
 
+def test_generate_decoding_modes_through_the_cli(run):
+    greedy = ("generate", run, "--prompt", "The", "--max-new-tokens", "24", "--temperature", "0")
+    rc, plain, err = cli(*greedy)
+    assert rc == 0, err
+    # the run drafting for itself: speculative greedy output equals greedy, every draft accepted
+    rc, spec, err = cli(*greedy, "--draft", run, "--num-draft-tokens", "3")
+    assert rc == 0, err
+    assert spec == plain and "100.0% of draft tokens accepted" in err
+    # one beam is greedy decoding
+    rc, beam, err = cli(*greedy, "--beams", "1")
+    assert rc == 0 and beam == plain and "beam 1" in err
+    rc, beams, err = cli(*greedy, "--beams", "3", "--num-samples", "2")
+    assert rc == 0 and beams.count("The") >= 2 and "beam 2" in err
+    # contrastive decoding against itself with beta 0 is the expert's greedy output
+    rc, con, err = cli(*greedy, "--amateur", run, "--contrastive-beta", "0")
+    assert rc == 0 and con == plain, err
+    rc, pen, err = cli(*greedy, "--repetition-penalty", "3.0", "--presence-penalty", "0.5")
+    assert rc == 0 and pen.startswith("The") and pen != plain
+    rc, _, err = cli(*greedy, "--draft", run, "--amateur", run)
+    assert rc == 2 and "not both" in err
+
+
 def test_generate_stops_before_a_stop_string(run):
     args = ("generate", run, "--prompt", "The", "--max-new-tokens", "60", "--temperature", "0")
     rc, full, _ = cli(*args)

@@ -19,9 +19,15 @@ def generate(args: argparse.Namespace) -> int:
     printed). A prompt longer than the model context is an error unless --truncate keeps its
     last tokens. The same --seed and options give the same text.
 
+    Also: --beams N (beam search, printed when done), repetition / presence / frequency
+    penalties, contrastive decoding against a smaller --amateur run, speculative decoding with a
+    smaller --draft run (same tokenizer; the acceptance rate goes to stderr), --compile.
+
     examples:
       arlm generate runs/demo --prompt "def " --max-new-tokens 300
       arlm generate runs/demo --prompt "class " --temperature 0.7 --top-p 0.9 --stop "\\n\\n" --num-samples 3
+      arlm generate runs/big --prompt "def " --draft runs/small --num-draft-tokens 4
+      arlm generate runs/demo --prompt "import " --beams 4 --max-new-tokens 40
     """
     check_options(args)
     import torch
@@ -47,6 +53,40 @@ def generate(args: argparse.Namespace) -> int:
     wrapper = AutoregressiveWrapper(run.model)
     prompt = torch.tensor([ids], dtype=torch.long, device=device)
     filter_fn = compose_filters(args.top_k, args.top_p, args.min_p)
+    extra = {}
+    for flag, key in (("draft", "draft_model"), ("amateur", "amateur_model")):
+        path = getattr(args, flag)
+        if path is not None:
+            other = load_run(path, device=args.device)
+            if other.tokenizer.vocab_size != tok.vocab_size or other.tokenizer.kind != tok.kind:
+                raise UsageError(f"--{flag} {path} uses a different tokenizer ({other.tokenizer.kind}, "
+                                 f"{other.tokenizer.vocab_size} ids) than {args.run} ({tok.kind}, {tok.vocab_size} ids)")
+            extra[key] = other.model
+    if args.draft is not None:
+        extra["num_draft_tokens"] = args.num_draft_tokens
+    if args.amateur is not None:
+        extra["contrastive_decode_kwargs"] = dict(alpha=args.contrastive_alpha, beta=args.contrastive_beta)
+    penalties = dict(repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+                     frequency_penalty=args.frequency_penalty)
+    if args.draft is None:
+        extra.update(penalties)
+    elif any(v != d for v, d in zip(penalties.values(), (1.0, 0.0, 0.0))):
+        raise UsageError("penalties cannot be combined with --draft (speculative decoding samples the target exactly)")
+    if args.compile:
+        extra["compile"] = True
+
+    if args.beams is not None:
+        with torch.no_grad():
+            beams = wrapper.beam_search(prompt, args.max_new_tokens, beams=args.beams,
+                                        length_penalty=args.length_penalty, return_beams_and_scores=True)
+        seqs, scores = beams
+        for i in range(min(args.num_samples, args.beams)):
+            if i:
+                out("\n" + "-" * 40)
+            text, _ = StopStrings(args.stop or []).feed(tok.decode(seqs[0, i].tolist()), final=True)
+            out(args.prompt + text)
+            note(f"(beam {i + 1}: length-normalised log-probability {float(scores[0, i]):.3f})")
+        return 0
 
     for i in range(args.num_samples):
         if i:
@@ -55,7 +95,7 @@ def generate(args: argparse.Namespace) -> int:
         decoder = tok.stream_decoder()
         stopper = StopStrings(args.stop or [])
         steps = wrapper.stream(prompt, args.max_new_tokens, temperature=args.temperature,
-                               filter_logits_fn=filter_fn, generator=gen)
+                               filter_logits_fn=filter_fn, generator=gen, **extra)
         stopped = False
         try:
             for step in steps:
@@ -69,6 +109,8 @@ def generate(args: argparse.Namespace) -> int:
             text, _ = stopper.feed(decoder.flush(), final=True)
             out(text, end="")
         out()
+    if wrapper.last_stats.get("acceptance_rate") is not None:
+        note(f"(speculative decoding: {wrapper.last_stats['acceptance_rate']:.1%} of draft tokens accepted)")
     if args.seed is None and args.temperature > 0:
         note(f"(seed {seed}; pass --seed {seed} to repeat this sample)")
     return 0
@@ -93,6 +135,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--truncate", action="store_true", help="keep the last tokens of a prompt longer "
                    "than the model context instead of failing")
     p.add_argument("--device", default="cpu", metavar="D", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                   help="divide positive / multiply negative logits of tokens already present by R (default: 1 = off)")
+    p.add_argument("--presence-penalty", type=float, default=0.0, metavar="A",
+                   help="subtract A from the logits of tokens already present (default: 0)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0, metavar="A",
+                   help="subtract A times the count of each token already present (default: 0)")
+    p.add_argument("--beams", type=int, metavar="N", help="beam search with N beams (printed when done; "
+                   "--num-samples shows the best ones)")
+    p.add_argument("--length-penalty", type=float, default=1.0, metavar="L",
+                   help="beam scores are log-probability / length**L (default: 1)")
+    p.add_argument("--draft", metavar="RUN", help="speculative decoding with this smaller run as the draft model")
+    p.add_argument("--num-draft-tokens", type=int, default=4, metavar="K", help="draft tokens per step (default: 4)")
+    p.add_argument("--amateur", metavar="RUN", help="contrastive decoding against this smaller run")
+    p.add_argument("--contrastive-alpha", type=float, default=0.1, metavar="A",
+                   help="keep tokens at least A times as likely as the best (default: 0.1)")
+    p.add_argument("--contrastive-beta", type=float, default=0.5, metavar="B",
+                   help="score (1+B)*expert - B*amateur (default: 0.5)")
+    p.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU)")
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -107,6 +167,14 @@ def check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.min_p is not None and not (0.0 <= args.min_p <= 1.0):
         raise UsageError(f"--min-p must be in [0, 1], got {args.min_p}")
+    if args.beams is not None and args.beams < 1:
+        raise UsageError(f"--beams must be >= 1, got {args.beams}")
+    if args.num_draft_tokens < 1:
+        raise UsageError(f"--num-draft-tokens must be >= 1, got {args.num_draft_tokens}")
+    if not (math.isfinite(args.repetition_penalty) and args.repetition_penalty > 0):
+        raise UsageError(f"--repetition-penalty must be > 0 (1 = off), got {args.repetition_penalty}")
+    if args.draft is not None and args.amateur is not None:
+        raise UsageError("choose either --draft (speculative) or --amateur (contrastive), not both")
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.step is not None and args.step < 0:

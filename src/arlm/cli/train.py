@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:  # diverged: not a usage error, but a message for people all the same
         note(f"arlm: error: {e}")
         return 1
-    _print_summary(result)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        _print_summary(result)
     if result.stopped_by == "signal":
         return _signal_status(result)
     return 0

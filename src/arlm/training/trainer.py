@@ -44,6 +44,7 @@ from .schedule import lr_at, schedule_state
 MAX_CONSECUTIVE_SKIPS = 10
 MIN_KEEP_LAST = 2
 SAMPLE_TEMPERATURE = 0.8
+LOG_SECONDS = 30.0  # without a progress bar, log at least this often (and every 10% of the run)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -245,6 +246,7 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
     bar = tqdm(total=tc.max_steps, initial=start_step, disable=not show_bar, dynamic_ncols=True, unit="step")
     say = (lambda m: bar.write(m)) if show_bar and log is print else log
     every_log = max(1, round(tc.max_steps / 10))
+    last_log = time.perf_counter()
 
     received: list[int] = []
 
@@ -337,7 +339,8 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
                 if show_bar:
                     bar.update(1)
                     bar.set_postfix_str(f"loss {loss:.4f} | {tok_s_avg:,.0f} tok/s | lr {lr:.2e}", refresh=False)
-                elif step % every_log == 0 or step == tc.max_steps:
+                elif step % every_log == 0 or step == tc.max_steps or time.perf_counter() - last_log >= LOG_SECONDS:
+                    last_log = time.perf_counter()
                     log(f"step {step}/{tc.max_steps} | loss {loss:.4f} | lr {lr:.2e} | {tok_s_avg:,.0f} tok/s "
                         f"| eta {format_duration(eta)}")
                 if tc.eval_every and step % tc.eval_every == 0 and dinfo.is_main:
