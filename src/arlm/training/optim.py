@@ -1,11 +1,12 @@
-"""Optimizer construction: AdamW (or Adam) with weight decay on matrices only."""
+"""Optimizer construction: AdamW (or Adam) with weight decay on matrices only, or Muon for the
+hidden matrices with AdamW for the rest."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -22,14 +23,90 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, or Adam (coupled L2 decay, as torch defines it) when ``cfg.optimizer == "adam"``.
+class Combined:
+    """Several optimizers stepped as one (Muon for hidden matrices + AdamW for the rest).
 
-    Fused kernels on CUDA. The learning rate is set by the trainer before every update.
+    ``param_groups`` lists every group of every part, so the trainer's per-step learning rate
+    reaches all of them; the state dict holds each part's under its index.
     """
-    groups = param_groups(model, cfg.weight_decay)
+
+    def __init__(self, parts: list[torch.optim.Optimizer]):
+        self.parts = parts
+        self.param_groups = [g for p in parts for g in p.param_groups]
+
+    def step(self, closure=None):
+        for p in self.parts:
+            p.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        for p in self.parts:
+            p.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {str(i): p.state_dict() for i, p in enumerate(self.parts)}
+
+    def load_state_dict(self, state):
+        if sorted(state) != [str(i) for i in range(len(self.parts))]:
+            raise ValueError(f"optimizer state has parts {sorted(state)}, expected {len(self.parts)}")
+        for i, p in enumerate(self.parts):
+            p.load_state_dict(state[str(i)])
+
+
+def muon_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Muon takes the 2-D weights inside the blocks; embeddings, the output head, norms and
+    biases stay with AdamW (Jordan et al. 2024: Muon is for hidden layers)."""
+    hidden = {id(p) for blk in getattr(model, "blocks", []) for p in blk.parameters() if p.dim() == 2}
+    muon = [p for p in model.parameters() if p.requires_grad and id(p) in hidden]
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in hidden]
+    return muon, rest
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
+    """AdamW, Adam (coupled L2 decay, as torch defines it), or Muon + AdamW.
+
+    Fused kernels on CUDA. The learning rate is set by the trainer before every update; Muon
+    scales its update to AdamW's RMS (``adjust_lr_fn="match_rms_adamw"``) so one lr serves both.
+    """
     kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     if device.type == "cuda":
         kwargs["fused"] = True
+    if cfg.optimizer == "muon":
+        if not hasattr(torch.optim, "Muon"):
+            raise ConfigError(f"train.optimizer='muon' needs torch.optim.Muon, which torch {torch.__version__} "
+                              "lacks; use adamw or a newer torch")
+        muon, rest = muon_split(model)
+        if not muon:
+            raise ConfigError("train.optimizer='muon' found no 2-D weights inside transformer blocks")
+        adam = torch.optim.AdamW(param_groups(_Holder(rest), cfg.weight_decay), **kwargs)
+        mu = torch.optim.Muon(muon, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
+        return Combined([mu, adam])
+    groups = param_groups(model, cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return cls(groups, **kwargs)
+
+
+class _Holder(nn.Module):
+    """Presents a list of parameters as a module, for ``param_groups``."""
+
+    def __init__(self, params: list[nn.Parameter]):
+        super().__init__()
+        self._params = params
+
+    def parameters(self, recurse: bool = True):
+        return iter(self._params)
+
+
+def checkpoint_activations(model: nn.Module) -> None:
+    """Recompute each block's activations in the backward pass instead of storing them
+    (Chen et al. 2016). Applied from outside: the model and its state dict are unchanged."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.blocks:
+        inner = block.forward
+
+        def forward(*args, _inner=inner, **kwargs):
+            if not torch.is_grad_enabled():
+                return _inner(*args, **kwargs)
+            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+        block.forward = forward

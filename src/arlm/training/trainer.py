@@ -35,7 +35,7 @@ from .checkpoint import CheckpointError
 from .device import autocast_ctx, resolve_device, resolve_precision
 from .metrics import (MetricsWriter, finite_or_none, flops_per_token, format_duration, matmul_params, peak_flops,
                       truncate_metrics)
-from .optim import build_optimizer
+from .optim import build_optimizer, checkpoint_activations
 from .resume import plan_run
 from .schedule import lr_at, schedule_state
 
@@ -193,6 +193,8 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
         model.init_weights(torch.Generator().manual_seed(tc.seed))
         torch.manual_seed(tc.seed + dinfo.rank)  # dropout draws from the global generator, per rank
     model.to(device)
+    if tc.activation_checkpointing:
+        checkpoint_activations(model)
     optimizer = build_optimizer(model, tc, device)
     sampler = ChunkSampler(splits.train, seq_len, tc.batch_size, tc.seed, dinfo.rank, dinfo.world_size)
     if resume_from is not None:
@@ -298,7 +300,7 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
                 lr = lr_at(step + 1, tc)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
-                batches = [sampler.next_batch().to(device, non_blocking=True) for _ in range(tc.grad_accum)]
+                batches = [_to_device(sampler.next_batch(), device) for _ in range(tc.grad_accum)]
                 loss_t = forward_backward(fwd, batches, bf16)
                 norm_t = torch.nn.utils.clip_grad_norm_(params, clip)
                 out_of_time = tc.max_minutes is not None and time.perf_counter() - t_session >= tc.max_minutes * 60
@@ -394,6 +396,13 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
         skipped_steps=skipped,
         checkpoint=last_ckpt,
     )
+
+
+def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host batch to the device; on CUDA through pinned memory so the copy overlaps compute."""
+    if device.type == "cuda":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
 
 
 class _NullWriter:
