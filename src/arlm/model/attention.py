@@ -1,10 +1,13 @@
-"""Causal self-attention on ``F.scaled_dot_product_attention`` with a preallocated KV cache.
+"""Causal self-attention with a preallocated KV cache.
 
 Dims: B batch, T query time, S key time (cache length), H query heads, K key/value heads
-(K divides H: K == H multi-head, 1 < K < H grouped-query, K == 1 multi-query), D head size.
+(K divides H: K == H multi-head, 1 < K < H grouped-query, K == 1 multi-query; query head h
+reads KV head h % K), D head size.
 
-The cache is written at ``input_pos`` (static shapes, no concatenation), so a decode step has
-the same shapes at every position and compiles into one CUDA graph.
+The cache is written at fixed slots (static shapes, no concatenation), so a decode step has
+the same shapes at every position and compiles into one CUDA graph. The kernel is fused SDPA
+(causal, or with a boolean/additive mask) unless an option needs the scores themselves
+(``ModelConfig.needs_scores``); see attend.py.
 """
 
 from __future__ import annotations
@@ -14,20 +17,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .attend import explicit_attention, fused_attention
 from .positional import apply_rotary
 
 
 class KVCache:
-    """Keys and values for every layer, preallocated: k, v are (L, B, K, S, D).
+    """Keys and values for every attention call, preallocated: k, v are (L, B, K, S, D).
 
-    ``layer(i)`` gives that layer's (k, v) views; attention writes new keys at ``input_pos``.
+    ``layer(i)`` gives that layer's (k, v) views; attention writes new keys at their slots.
+    Leading slots are reserved: first ``kv_prefix`` for memory/zero key-values (so decoding
+    never concatenates), then ``prefix`` for the model's memory tokens; both are 0 unless those
+    options are on. ``shift`` (N, B, prefix + max_len, F) keeps earlier tokens' features for
+    token shifting (None unless ``shift_tokens``). ``max_len`` counts token slots only.
     """
 
     def __init__(self, depth: int, batch: int, kv_heads: int, max_len: int, head_dim: int,
-                 device=None, dtype=torch.float32):
-        shape = (depth, batch, kv_heads, max_len, head_dim)
+                 device=None, dtype=torch.float32, prefix: int = 0, shift_layers: int = 0, shift_dim: int = 0,
+                 kv_prefix: int = 0):
+        shape = (depth, batch, kv_heads, kv_prefix + prefix + max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.prefix, self.kv_prefix = prefix, kv_prefix
+        self.shift = (torch.zeros(shift_layers, batch, prefix + max_len, shift_dim, device=device, dtype=dtype)
+                      if shift_layers else None)
 
     @property
     def batch_size(self) -> int:
@@ -35,7 +47,7 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.k.shape[3] - self.kv_prefix - self.prefix
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[i], self.v[i]
@@ -44,41 +56,152 @@ class KVCache:
         """Keep rows ``index`` (beam search, dropping finished rows)."""
         self.k = self.k.index_select(1, index)
         self.v = self.v.index_select(1, index)
+        if self.shift is not None:
+            self.shift = self.shift.index_select(1, index)
+
+
+class Context:
+    """Per-forward inputs shared by every layer (built once by the Transformer).
+
+    rope: rotary tables or None. slots: (T,) internal slots of the rows being computed (memory
+    tokens first); kv_slots: the same in the KV cache, after its memory/zero key-value slots.
+    mask: SDPA mask (bool visible, or additive float with -inf), None with ``causal`` for the
+    fused causal kernel. visible/bias: the same split in two for the explicit-score path.
+    pad: (B, T) True on left-padding rows (token shifting zeroes them), or None.
+    steps: per execution step (kv layer, previous attention step, shift buffer for attn, for ff),
+    -1 where absent. State carried between layers (first-layer values, each step's scores) is
+    keyed by step, so activation checkpointing can re-run any block and see the same inputs.
+    """
+
+    __slots__ = ("rope", "slots", "kv_slots", "causal", "mask", "visible", "bias", "pad", "cache", "steps",
+                 "first_attn_step", "scores", "values")
+
+    def __init__(self, steps, first_attn_step: int, rope=None, slots=None, kv_slots=None, pad=None, cache=None):
+        self.steps, self.first_attn_step = steps, first_attn_step
+        self.rope, self.slots, self.kv_slots, self.pad, self.cache = rope, slots, kv_slots, pad, cache
+        self.causal, self.mask, self.visible, self.bias = True, None, None, None
+        self.scores: dict[int, torch.Tensor] = {}
+        self.values = None
+
+    def kv(self, step: int):
+        if self.cache is None:
+            return None
+        i = self.steps[step][0]
+        return self.cache.k[i], self.cache.v[i]
+
+    def shift_buffer(self, step: int, kind: str) -> torch.Tensor:
+        return self.cache.shift[self.steps[step][2 if kind == "attn" else 3]]
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, value_mix: bool = False):
         super().__init__()
-        self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.n_kv_heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.dim, (self.heads + 2 * self.kv_heads) * self.head_dim, bias=False)
-        self.out = nn.Linear(self.heads * self.head_dim, cfg.dim, bias=False)
+        H, K, D = cfg.heads, cfg.n_kv_heads, cfg.head_dim
+        self.heads, self.kv_heads, self.head_dim = H, K, D
+        self.qkv = nn.Linear(cfg.dim, (H + 2 * K) * D, bias=False)
+        # attention on attention (Huang et al. 2019): the output projection is a GLU
+        self.on_attn = cfg.attn_on_attn
+        self.out = nn.Linear(H * D, cfg.dim * (2 if cfg.attn_on_attn else 1), bias=False)
         self.dropout = cfg.attn_dropout
         self.qk_norm = cfg.qk_norm
         # qk-norm (Henry et al. 2020): cosine-similarity attention with a fixed temperature
-        self.scale = cfg.qk_norm_scale if cfg.qk_norm else None
+        self.scale = cfg.qk_norm_scale if cfg.qk_norm else D**-0.5
+        # memory key/values (Sukhbaatar et al. 2019, "Augmenting Self-attention with Persistent Memory")
+        self.num_mem_kv = cfg.attn_num_mem_kv
+        if self.num_mem_kv:
+            self.mem_k = nn.Parameter(torch.randn(K, self.num_mem_kv, D))
+            self.mem_v = nn.Parameter(torch.randn(K, self.num_mem_kv, D))
+        # a zero key/value every query can fall back on ("attention is off by one", Miller 2023)
+        self.add_zero_kv = cfg.attn_add_zero_kv
+        self.kv_prefix = self.num_mem_kv + int(self.add_zero_kv)
+        # per-head learned output scale (Shleifer et al. 2021, NormFormer); 1-D, so no weight decay
+        self.head_scale = nn.Parameter(torch.ones(H)) if cfg.attn_head_scale else None
+        # sigmoid gate on the attended values from the layer input (AlphaFold2 gated attention)
+        self.value_gate = nn.Linear(cfg.dim, H * D, bias=False) if cfg.attn_gate_values else None
+        # value residual (Zhou et al. 2024, ResFormer): mix in the first layer's values, per token and KV head
+        self.value_mix = nn.Linear(cfg.dim, K) if value_mix else None
+        self.value_residual = cfg.add_value_residual
+        self.explicit = cfg.needs_scores
+        self.pre_talking_heads = nn.Parameter(torch.eye(H)) if cfg.attn_pre_talking_heads else None
+        self.post_talking_heads = nn.Parameter(torch.eye(H)) if cfg.attn_post_talking_heads else None
+        self.softclamp = cfg.attn_logit_softclamp_value if cfg.attn_softclamp_logits else None
+        self.topk = cfg.attn_sparse_topk
+        self.residual_attn = cfg.residual_attn
 
-    def forward(self, x, rope=None, mask=None, kv=None, input_pos=None):
+    def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
         H, K, D = self.heads, self.kv_heads, self.head_dim
         q, k, v = self.qkv(x).split((H * D, K * D, K * D), dim=-1)
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
         v = v.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
+        if self.value_residual:
+            v = self._mix_values(x, v, ctx, step)
         if self.qk_norm:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if ctx.rope is not None:
+            cos, sin, *xscale = ctx.rope
+            xs = xscale[0] if xscale else None
+            q, k = apply_rotary(q, cos, sin, xs), apply_rotary(k, cos, sin, xs, inverse_scale=True)
+        kv = ctx.kv(step)
+        P = self.kv_prefix
         if kv is not None:
-            k_cache, v_cache = kv  # (B, K, S, D)
-            k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
-            v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
+            k_cache, v_cache = kv  # (B, K, P + S, D)
+            if P:  # memory/zero key-values live in the first P slots (rewritten: they are parameters)
+                pk, pv = self._prefix_kv(B, k_cache.dtype)
+                k_cache[:, :, :P] = pk
+                v_cache[:, :, :P] = pv
+            k_cache.index_copy_(2, ctx.kv_slots, k.to(k_cache.dtype))
+            v_cache.index_copy_(2, ctx.kv_slots, v.to(v_cache.dtype))
             k, v = k_cache.to(q.dtype), v_cache.to(q.dtype)
-        dropout = self.dropout if self.training else 0.0
-        causal = mask is None
+        elif P:
+            pk, pv = self._prefix_kv(B, k.dtype)
+            k, v = torch.cat((pk, k), dim=2), torch.cat((pv, v), dim=2)  # (B, K, P + T, D)
+        S = k.shape[2]
         if K != H:
-            # expand K heads to H (a view, no copy until SDPA needs it)
-            k = k[:, :, None].expand(B, K, H // K, k.shape[2], D).reshape(B, H, k.shape[2], D)
-            v = v[:, :, None].expand(B, K, H // K, v.shape[2], D).reshape(B, H, v.shape[2], D)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                           is_causal=causal, scale=self.scale)  # (B, H, T, D)
-        return self.out(y.transpose(1, 2).reshape(B, T, H * D))
+            # expand K heads to H, query head h reading KV head h % K (x-transformers' layout, so
+            # per-head weights and ALiBi slopes line up after conversion; Llama groups h // (H/K))
+            k = k[:, None].expand(B, H // K, K, S, D).reshape(B, H, S, D)
+            v = v[:, None].expand(B, H // K, K, S, D).reshape(B, H, S, D)
+        dropout = self.dropout if self.training else 0.0
+        if self.explicit:
+            prev = ctx.scores.get(ctx.steps[step][1]) if self.residual_attn else None
+            y, scores = explicit_attention(
+                q, k, v, scale=self.scale, visible=ctx.visible, bias=ctx.bias, prev_scores=prev,
+                pre_talking=self.pre_talking_heads, post_talking=self.post_talking_heads, softclamp=self.softclamp,
+                topk=self.topk, dropout=self.dropout, training=self.training)
+            if self.residual_attn:
+                ctx.scores[step] = scores
+        else:
+            y = fused_attention(q, k, v, ctx.mask, ctx.causal, self.scale, dropout)  # (B, H, T, D)
+        if self.head_scale is not None:
+            y = y * self.head_scale[:, None, None].to(y.dtype)
+        y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
+        if self.value_gate is not None:
+            y = y * torch.sigmoid(self.value_gate(x))
+        y = self.out(y)
+        return F.glu(y, dim=-1) if self.on_attn else y
+
+    def _mix_values(self, x, v, ctx: Context, step: int) -> torch.Tensor:
+        """The first attention call stores its values; later calls interpolate towards them with a
+        per-token, per-KV-head weight (0.5 for a weight-tied first layer that has no mixer)."""
+        if step == ctx.first_attn_step:
+            ctx.values = v
+            return v
+        if self.value_mix is None:
+            return ctx.values.lerp(v, 0.5)
+        mix = torch.sigmoid(self.value_mix(x)).transpose(1, 2)[..., None]  # (B, K, T, 1)
+        return ctx.values.lerp(v, mix.to(v.dtype))
+
+    def _prefix_kv(self, B: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero and memory key/values that precede the keys: (B, K, P, D) each."""
+        ks, vs = [], []
+        K, D = self.kv_heads, self.head_dim
+        if self.add_zero_kv:
+            ks.append(self.qkv.weight.new_zeros(B, K, 1, D, dtype=dtype))
+            vs.append(self.qkv.weight.new_zeros(B, K, 1, D, dtype=dtype))
+        if self.num_mem_kv:
+            mk = F.normalize(self.mem_k, dim=-1) if self.qk_norm else self.mem_k
+            ks.append(mk.to(dtype)[None].expand(B, -1, -1, -1))
+            vs.append(self.mem_v.to(dtype)[None].expand(B, -1, -1, -1))
+        return torch.cat(ks, dim=2), torch.cat(vs, dim=2)

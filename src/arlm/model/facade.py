@@ -4,7 +4,8 @@
 builds a ``ModelConfig`` and the same ``Transformer`` every other part of arlm uses. Keyword names
 and defaults follow x-transformers, so scripts port with an import change. Unknown keyword
 arguments, and x-transformers options arlm does not offer, raise ``TypeError`` naming the argument
-and listing the supported ones: nothing is silently ignored.
+and listing the supported ones: nothing is silently ignored. Options that cannot be both causal and
+exact under the KV cache are refused with the reason (``REFUSED``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ import torch
 from ..config import ModelConfig
 from .transformer import Transformer
 
-# Decoder keyword -> (ModelConfig field, converter). Defaults are x-transformers'.
+
+def _int_or_none(v):
+    return None if v is None else int(v)
+
+
+def _layers(v) -> str:
+    """custom_layers as x-transformers takes it (a tuple of 'a'/'f') or as a string."""
+    return "".join(v) if isinstance(v, (tuple, list)) else str(v)
+
+
+# Decoder keyword -> (ModelConfig field or None when handled in model_fields, converter).
 _DECODER_KWARGS: dict[str, tuple[str | None, Any]] = {
     "heads": ("heads", int),
     "attn_dim_head": ("dim_head", int),
@@ -25,24 +36,96 @@ _DECODER_KWARGS: dict[str, tuple[str | None, Any]] = {
     "attn_one_kv_head": (None, bool),
     "attn_qk_norm": ("qk_norm", bool),
     "attn_qk_norm_scale": ("qk_norm_scale", float),
-    "attn_flash": (None, bool),  # accepted for compatibility: arlm always uses fused SDPA when it can
+    "attn_flash": (None, bool),  # accepted for compatibility: arlm uses fused SDPA whenever the options allow
+    "attn_max_attend_past": ("max_attend_past", _int_or_none),
+    "attn_softclamp_logits": ("attn_softclamp_logits", bool),
+    "attn_logit_softclamp_value": ("attn_logit_softclamp_value", float),
+    "attn_gate_values": ("attn_gate_values", bool),
+    "attn_head_scale": ("attn_head_scale", bool),
+    "attn_num_mem_kv": ("attn_num_mem_kv", int),
+    "attn_add_zero_kv": ("attn_add_zero_kv", bool),
+    "attn_on_attn": ("attn_on_attn", bool),
+    "attn_pre_talking_heads": ("attn_pre_talking_heads", bool),
+    "attn_post_talking_heads": ("attn_post_talking_heads", bool),
+    "attn_sparse_topk": ("attn_sparse_topk", _int_or_none),
     "ff_mult": ("ff_mult", float),
     "ff_glu": ("ff_glu", bool),
     "ff_swish": (None, bool),
     "ff_relu_squared": (None, bool),
     "ff_no_bias": (None, bool),
+    "ff_post_act_ln": ("ff_post_act_ln", bool),
     "ff_dropout": ("ff_dropout", float),
     "rotary_pos_emb": (None, bool),
     "rotary_emb_dim": ("rotary_dim", int),
-    "rotary_base": ("rotary_base", float),
+    "rotary_base": ("rotary_base", float),  # arlm addition (x-transformers fixes 10000)
+    "rotary_xpos": ("rotary_xpos", bool),
+    "rotary_xpos_scale_base": ("rotary_xpos_scale_base", float),
+    "rotary_interpolation_factor": ("rotary_interpolation_factor", float),
+    "rotary_base_rescale_factor": ("rotary_base_rescale_factor", float),
     "use_rmsnorm": (None, bool),
+    "use_scalenorm": (None, bool),
+    "use_simple_rmsnorm": (None, bool),
+    "alibi_pos_bias": (None, bool),
+    "alibi_num_heads": ("alibi_num_heads", _int_or_none),
+    "rel_pos_bias": (None, bool),
+    "rel_pos_num_buckets": ("rel_pos_num_buckets", int),
+    "rel_pos_max_distance": ("rel_pos_max_distance", int),
+    "dynamic_pos_bias": (None, bool),
+    "dynamic_pos_bias_log_distance": ("dynamic_pos_bias_log_distance", bool),
+    "dynamic_pos_bias_mlp_depth": ("dynamic_pos_bias_mlp_depth", int),
+    "residual_attn": ("residual_attn", bool),
+    "add_value_residual": ("add_value_residual", bool),
+    "pre_norm": ("pre_norm", bool),
+    "sandwich_norm": ("sandwich_norm", bool),
+    "gate_residual": ("gate_residual", bool),
+    "scale_residual": ("scale_residual", bool),
+    "zero_init_branch_output": ("zero_init_branch_output", bool),
+    "softclamp_output": ("softclamp_output", bool),
+    "softclamp_output_value": ("softclamp_output_value", float),
+    "shift_tokens": ("shift_tokens", int),
+    "custom_layers": ("layers", _layers),
+    "macaron": ("macaron", bool),
+    "par_ratio": ("par_ratio", _int_or_none),
+    "sandwich_coef": ("sandwich_coef", _int_or_none),
+    "weight_tie_layers": ("weight_tie_layers", bool),
     "layer_dropout": ("layer_dropout", float),
 }
 
-_WRAPPER_KWARGS = ("emb_dropout", "tie_embedding", "use_abs_pos_emb")
+# TransformerWrapper keyword -> ModelConfig field (None: handled in TransformerWrapper).
+_WRAPPER_KWARGS: dict[str, tuple[str | None, Any]] = {
+    "emb_dropout": ("emb_dropout", float),
+    "tie_embedding": ("tie_embedding", bool),
+    "use_abs_pos_emb": (None, bool),
+    "scaled_sinu_pos_emb": (None, bool),
+    "l2norm_embed": ("l2norm_embed", bool),
+    "post_emb_norm": ("post_emb_norm", bool),
+    "num_memory_tokens": ("num_memory_tokens", lambda v: int(v or 0)),
+}
+
+# x-transformers options refused on purpose: each breaks causality or cannot be reproduced
+# exactly by a preallocated KV cache (or needs inputs a decoder-only LM does not have).
+REFUSED: dict[str, str] = {
+    "causal": "a Decoder is always causal",
+    "cross_attend": "arlm is decoder-only: there is no context to cross-attend to",
+    "only_cross": "arlm is decoder-only: there is no context to cross-attend to",
+    "attn_selective": "selective attention subtracts gates accumulated over earlier queries' scores, "
+                      "which a KV cache does not keep (x-transformers cannot cache it either)",
+    "attn_gumbel_softmax": "sampled attention weights make logits random, so cached decoding cannot equal recomputation",
+    "memory_tokens_interspersed_every": "memory rows inside the sequence move with the chunk boundaries; "
+                                        "the static cache layout keeps memory tokens only in front",
+    "recycling": "recycled hidden states need one KV cache per recycling step",
+    "looped": "looped depth with early exit needs one KV cache per loop step",
+    "average_pool_embed": "pooling over the sequence lets earlier outputs see later tokens (not causal)",
+    "use_cls_token": "a pooled cls token summarises the whole sequence (not causal)",
+    "attn_pool": "attention pooling summarises the whole sequence (not causal)",
+    "cross_residual_attn": "arlm is decoder-only: there is no cross-attention",
+    "attn_hybrid_module": "an arbitrary hybrid module has no causality or cache guarantee",
+}
 
 
 def _reject(where: str, name: str, supported) -> None:
+    if name in REFUSED:
+        raise TypeError(f"{where}() option {name!r} is refused: {REFUSED[name]}.")
     raise TypeError(
         f"{where}() got an unsupported keyword argument {name!r}. "
         f"arlm supports: {', '.join(sorted(supported))}. "
@@ -50,37 +133,53 @@ def _reject(where: str, name: str, supported) -> None:
     )
 
 
+def _exclusive(kw: dict, names: tuple[str, ...], what: str) -> None:
+    on = [n for n in names if kw.get(n)]
+    if len(on) > 1:
+        raise TypeError(f"{' and '.join(on)} are exclusive; choose one {what}")
+
+
 class Decoder:
     """A causal stack of attention layers, as x-transformers' ``Decoder``.
 
     This is a specification (it holds validated options); ``TransformerWrapper`` turns it into
-    the model. ``causal`` cannot be set: a decoder is always causal.
+    the model. ``causal`` cannot be set: a decoder is always causal. ``depth`` may be left out
+    when ``custom_layers`` gives the layer pattern.
     """
 
-    def __init__(self, *, dim: int, depth: int, **kwargs):
+    def __init__(self, *, dim: int, depth: int | None = None, **kwargs):
         for name in kwargs:
             if name not in _DECODER_KWARGS:
                 _reject("Decoder", name, ["dim", "depth", *_DECODER_KWARGS])
-        self.dim, self.depth = int(dim), int(depth)
+        if depth is None and kwargs.get("custom_layers") is None:
+            raise TypeError("Decoder() needs depth (or custom_layers giving the layer pattern)")
+        self.dim = int(dim)
+        self.depth = int(depth) if depth is not None else None
         self.kwargs = {k: _DECODER_KWARGS[k][1](v) if v is not None else None for k, v in kwargs.items()}
 
     def model_fields(self) -> dict[str, Any]:
         kw = self.kwargs
-        out: dict[str, Any] = {"dim": self.dim, "depth": self.depth, "heads": 8, "dim_head": 64}
+        depth = self.depth if self.depth is not None else max(1, kw["custom_layers"].count("a"))
+        out: dict[str, Any] = {"dim": self.dim, "depth": depth, "heads": 8, "dim_head": 64}
         for name, value in kw.items():
             field = _DECODER_KWARGS[name][0]
-            if field is not None:
+            if field is not None and value is not None:
                 out[field] = value
         if kw.get("attn_one_kv_head"):
             if kw.get("attn_kv_heads") is not None:
                 raise TypeError("set either attn_one_kv_head=True or attn_kv_heads, not both")
             out["kv_heads"] = 1
-        if kw.get("ff_swish") and kw.get("ff_relu_squared"):
-            raise TypeError("ff_swish and ff_relu_squared are exclusive; choose one activation")
+        _exclusive(kw, ("ff_swish", "ff_relu_squared"), "activation")
         out["ff_activation"] = "relu_squared" if kw.get("ff_relu_squared") else ("swish" if kw.get("ff_swish") else "gelu")
         out["ff_bias"] = not kw.get("ff_no_bias", False)
-        out["norm"] = "rmsnorm" if kw.get("use_rmsnorm") else "layernorm"
-        out["rotary"] = bool(kw.get("rotary_pos_emb"))
+        _exclusive(kw, ("use_rmsnorm", "use_scalenorm", "use_simple_rmsnorm"), "norm")
+        out["norm"] = ("rmsnorm" if kw.get("use_rmsnorm") else "scalenorm" if kw.get("use_scalenorm")
+                       else "simple_rmsnorm" if kw.get("use_simple_rmsnorm") else "layernorm")
+        _exclusive(kw, ("alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias"), "position bias")
+        out["pos_bias"] = ("alibi" if kw.get("alibi_pos_bias") else "t5" if kw.get("rel_pos_bias")
+                           else "dynamic" if kw.get("dynamic_pos_bias") else "none")
+        # as x-transformers: xPos implies rotary
+        out["rotary"] = bool(kw.get("rotary_pos_emb") or kw.get("rotary_xpos"))
         return out
 
     def __repr__(self) -> str:
@@ -94,7 +193,8 @@ class TransformerWrapper(Transformer):
     ``forward(x, mask=None, return_embeddings=False)`` returns logits (B, T, num_tokens).
     ``mask`` (B, T) booleans, True for real tokens, must be a left-padding mask (False only
     before the first True of each row): the model is causal, so right padding needs no mask.
-    As in x-transformers, rotary embeddings turn off the learned absolute positions.
+    As in x-transformers, rotary embeddings and T5 relative bias turn off the learned absolute
+    positions; ``scaled_sinu_pos_emb`` swaps them for scaled sinusoids.
     """
 
     def __init__(self, *, num_tokens: int, max_seq_len: int, attn_layers: Decoder, **kwargs):
@@ -105,11 +205,19 @@ class TransformerWrapper(Transformer):
                 _reject("TransformerWrapper", name, ["num_tokens", "max_seq_len", "attn_layers", *_WRAPPER_KWARGS])
         fields = attn_layers.model_fields()
         rotary = fields.pop("rotary")
-        use_abs = bool(kwargs.get("use_abs_pos_emb", True)) and not rotary
-        fields["pos_emb"] = "rotary" if rotary else ("absolute" if use_abs else "none")
-        cfg = ModelConfig(vocab_size=int(num_tokens), max_seq_len=int(max_seq_len),
-                          emb_dropout=float(kwargs.get("emb_dropout", 0.0)),
-                          tie_embedding=bool(kwargs.get("tie_embedding", False)), **fields)
+        disable_abs = rotary or fields["pos_bias"] == "t5"
+        use_abs = bool(kwargs.get("use_abs_pos_emb", True)) and not disable_abs
+        if rotary:
+            fields["pos_emb"] = "rotary"
+        elif not use_abs:
+            fields["pos_emb"] = "none"
+        else:
+            fields["pos_emb"] = "scaled_sinusoidal" if kwargs.get("scaled_sinu_pos_emb") else "absolute"
+        for name, value in kwargs.items():
+            field, conv = _WRAPPER_KWARGS[name]
+            if field is not None:
+                fields[field] = conv(value)
+        cfg = ModelConfig(vocab_size=int(num_tokens), max_seq_len=int(max_seq_len), **fields)
         super().__init__(cfg)
         self.attn_layers = attn_layers
 

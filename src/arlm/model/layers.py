@@ -1,4 +1,4 @@
-"""Norms, feed-forward variants and the transformer block.
+"""Norms, feed-forward variants and the residual block.
 
 Dims: B batch, T time, C model dim.
 """
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .attention import Attention
+from .attention import Attention, Context
 
 
 class RMSNorm(nn.Module):
@@ -26,10 +26,36 @@ class RMSNorm(nn.Module):
         return F.normalize(x, dim=-1) * self.scale * self.weight
 
 
+class ScaleNorm(RMSNorm):
+    """ScaleNorm (Nguyen & Salazar 2019): RMSNorm with one learned scalar gain."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        self.weight = nn.Parameter(torch.ones(1))
+
+
+class SimpleRMSNorm(nn.Module):
+    """RMSNorm without a learned gain (Qin et al. 2023, TransNormerLLM's SimpleRMSNorm)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.scale = dim**0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) * self.scale
+
+
+NORM_TYPES = (nn.LayerNorm, RMSNorm, SimpleRMSNorm)
+
+
 def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
     dim = dim or cfg.dim
     if cfg.norm == "rmsnorm":
         return RMSNorm(dim)
+    if cfg.norm == "scalenorm":
+        return ScaleNorm(dim)
+    if cfg.norm == "simple_rmsnorm":
+        return SimpleRMSNorm(dim)
     # bias-free LayerNorm: the x-transformers default, more stable than with a bias
     return nn.LayerNorm(dim, bias=False)
 
@@ -46,14 +72,17 @@ def make_activation(name: str) -> nn.Module:
 
 
 class FeedForward(nn.Module):
-    """Position-wise MLP; ``ff_glu`` gates it (Shazeer 2020, GLU variants)."""
+    """Position-wise MLP; ``ff_glu`` gates it (Shazeer 2020, GLU variants): proj_in gives
+    [up, gate] and the hidden is up * act(gate). As in x-transformers a GLU input projection keeps
+    its bias when ``ff_bias`` is off. ``ff_post_act_ln`` normalises the hidden (NormFormer)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         inner = cfg.ff_inner_dim
         self.glu = cfg.ff_glu
-        self.proj_in = nn.Linear(cfg.dim, inner * (2 if cfg.ff_glu else 1), bias=cfg.ff_bias)
+        self.proj_in = nn.Linear(cfg.dim, inner * (2 if cfg.ff_glu else 1), bias=cfg.ff_bias or cfg.ff_glu)
         self.act = make_activation(cfg.ff_activation)
+        self.post_act_norm = nn.LayerNorm(inner, bias=False) if cfg.ff_post_act_ln else None
         self.dropout = nn.Dropout(cfg.ff_dropout)
         self.proj_out = nn.Linear(inner, cfg.dim, bias=cfg.ff_bias)
 
@@ -64,19 +93,105 @@ class FeedForward(nn.Module):
             h = h * self.act(gate)
         else:
             h = self.act(h)
+        if self.post_act_norm is not None:
+            h = self.post_act_norm(h)
         return self.proj_out(self.dropout(h))
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + ff(norm(x))."""
+    """One attention sublayer and/or one feed-forward sublayer, each a residual branch.
 
-    def __init__(self, cfg: ModelConfig):
+    The default is pre-norm: x + attn(norm(x)), then x + ff(norm(x)). Options change the
+    branch: post-norm (``pre_norm=False``, Vaswani et al. 2017: norm(x + f(x)), no final norm);
+    sandwich norm (Ding et al. 2021, CogView: norm the branch output too); GRU-gated residual
+    (Parisotto et al. 2019) instead of the sum; a learned residual scale; macaron half-step
+    feed-forwards (Lu et al. 2019); token shifting (Peng, RWKV): part of each branch input comes
+    from the previous ``shift_tokens`` positions.
+    """
+
+    def __init__(self, cfg: ModelConfig, attn: bool = True, ff: bool = True, value_mix: bool = False):
         super().__init__()
-        self.attn_norm = make_norm(cfg)
-        self.attn = Attention(cfg)
-        self.ff_norm = make_norm(cfg)
-        self.ff = FeedForward(cfg)
+        self.attn_norm = make_norm(cfg) if attn else None
+        self.attn = Attention(cfg, value_mix) if attn else None
+        self.ff_norm = make_norm(cfg) if ff else None
+        self.ff = FeedForward(cfg) if ff else None
+        self.pre_norm = cfg.pre_norm
         self.layer_dropout = cfg.layer_dropout
+        self.ff_scale = 0.5 if cfg.macaron else 1.0
+        self.shift = cfg.shift_tokens
+        for name, on in (("attn", attn), ("ff", ff)):
+            if not on:
+                continue
+            if cfg.sandwich_norm:
+                setattr(self, f"{name}_post_norm", make_norm(cfg))
+            if cfg.gate_residual:
+                setattr(self, f"{name}_gate", nn.GRUCell(cfg.dim, cfg.dim))
+            if cfg.scale_residual:
+                setattr(self, f"{name}_residual_scale", nn.Parameter(torch.ones(cfg.dim)))
+        self.sandwich, self.gated, self.scaled = cfg.sandwich_norm, cfg.gate_residual, cfg.scale_residual
+        self.plain = (cfg.pre_norm and not (cfg.sandwich_norm or cfg.gate_residual or cfg.scale_residual
+                                            or cfg.macaron or cfg.shift_tokens or cfg.layer_dropout))
+
+    def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); ``step`` is this call's position in the execution order."""
+        if self.plain:  # the common case, with nothing to decide per branch
+            if self.attn is not None:
+                x = x + self.attn(self.attn_norm(x), ctx, step)
+            if self.ff is not None:
+                x = x + self.ff(self.ff_norm(x))
+            return x
+        if self.attn is not None:
+            x = self._branch(x, ctx, step, "attn", lambda h: self.attn(h, ctx, step))
+        if self.ff is not None:
+            x = self._branch(x, ctx, step, "ff", self.ff)
+        return x
+
+    def _branch(self, x: torch.Tensor, ctx: Context, step: int, name: str, fn) -> torch.Tensor:
+        norm = getattr(self, f"{name}_norm")
+        residual = x
+        h = norm(x) if self.pre_norm else x
+        if self.shift:
+            h = self._shift_tokens(h, ctx, step, name)
+        out = fn(h)
+        if name == "ff" and self.ff_scale != 1.0:
+            out = out * self.ff_scale
+        if self.sandwich:
+            out = getattr(self, f"{name}_post_norm")(out)
+        out = self._drop_path(out)
+        if self.scaled:
+            residual = residual * getattr(self, f"{name}_residual_scale")
+        if self.gated:
+            gru = getattr(self, f"{name}_gate")
+            x = gru(out.reshape(-1, out.shape[-1]), residual.reshape(-1, out.shape[-1])).view_as(out)
+        else:
+            x = residual + out
+        return x if self.pre_norm else norm(x)
+
+    def _shift_tokens(self, h: torch.Tensor, ctx: Context, step: int, name: str) -> torch.Tensor:
+        """Split the C features into shift+1 equal segments; segment i comes from i positions
+        earlier (zeros before the sequence or from left padding), the remainder stays put.
+        With a cache, earlier positions' features are kept in ``cache.shift`` at their slots, so
+        a decode step sees exactly what a full forward sees."""
+        s = self.shift
+        B, T, C = h.shape
+        f = C // (s + 1)
+        moved = h[..., f:(s + 1) * f]  # (B, T, s*f) the segments that move
+        if ctx.pad is not None:
+            moved = moved.masked_fill(ctx.pad[..., None], 0.0)
+        segs = [h[..., :f]]
+        if ctx.cache is None:
+            for i in range(1, s + 1):
+                seg = moved[..., (i - 1) * f:i * f]
+                segs.append(F.pad(seg, (0, 0, i, 0))[:, :T])  # shift down by i rows
+        else:
+            buf = ctx.shift_buffer(step, name)  # (B, S, s*f)
+            buf.index_copy_(1, ctx.slots, moved.to(buf.dtype))
+            for i in range(1, s + 1):
+                src = ctx.slots - i  # (T,)
+                seg = buf[:, src.clamp(min=0), (i - 1) * f:i * f].to(h.dtype)  # (B, T, f)
+                segs.append(seg * (src >= 0)[None, :, None].to(h.dtype))
+        segs.append(h[..., (s + 1) * f:])
+        return torch.cat(segs, dim=-1)
 
     def _drop_path(self, branch: torch.Tensor) -> torch.Tensor:
         # Stochastic depth per row (Huang et al. 2016), rescaled so eval needs no correction.
@@ -87,8 +202,3 @@ class Block(nn.Module):
         keep = 1.0 - self.layer_dropout
         mask = torch.empty(branch.shape[0], 1, 1, device=branch.device).bernoulli_(keep)
         return branch * mask / keep
-
-    def forward(self, x, rope=None, mask=None, kv=None, input_pos=None):
-        x = x + self._drop_path(self.attn(self.attn_norm(x), rope, mask, kv, input_pos))
-        x = x + self._drop_path(self.ff(self.ff_norm(x)))
-        return x

@@ -1,58 +1,181 @@
-"""Positional information: learned absolute embeddings and rotary embeddings.
+"""Positional information: embeddings added to the tokens, rotary embeddings applied to queries
+and keys, and additive attention biases (ALiBi, T5 buckets, a dynamic MLP).
 
-Dims: B batch, T time, H heads, D head size, R rotary size (R <= D, even).
+Dims: B batch, T query time, S key time, H heads, D head size, R rotary size (R <= D, even).
+Positions are (T,) when shared by every row or (B, T) for left-padded ragged batches; biases
+depend only on query position minus key position, so cached decoding computes them for the
+slots it needs and gets the same values as a full forward.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class AbsolutePositionalEmbedding(nn.Module):
     """Learned absolute positions (GPT-2). Scaled by dim**-0.5 on the way out, as x-transformers
     does, so converted x-transformers weights give identical logits; the init compensates so the
-    effective scale at init matches GPT-2's std 0.02."""
+    effective scale at init matches GPT-2's std 0.02. With ``l2norm`` the rows are unit-normed
+    instead (the l2norm_embed option)."""
 
-    def __init__(self, dim: int, max_seq_len: int):
+    def __init__(self, dim: int, max_seq_len: int, l2norm: bool = False):
         super().__init__()
-        self.scale = dim**-0.5
+        self.l2norm = l2norm
+        self.scale = 1.0 if l2norm else dim**-0.5
         self.emb = nn.Embedding(max_seq_len, dim)
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:  # (T,) or (B, T) -> (..., T, dim)
-        return self.emb(positions) * self.scale
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:  # (T,) | (B, T) -> (..., T, C)
+        out = self.emb(positions) * self.scale
+        return F.normalize(out, dim=-1) if self.l2norm else out
+
+
+class ScaledSinusoidalEmbedding(nn.Module):
+    """Fixed sinusoids times one learned scalar (Hua et al. 2022, "Transformer Quality in Linear
+    Time"): [sin(p w_i), cos(p w_i)] with w_i = 10000**(-i / (C/2))."""
+
+    def __init__(self, dim: int, theta: float = 10000.0):
+        super().__init__()
+        half = dim // 2
+        self.scale = nn.Parameter(torch.full((1,), dim**-0.5))
+        self.register_buffer("inv_freq", theta ** -(torch.arange(half, dtype=torch.float32) / half), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:  # (T,) | (B, T) -> (..., T, C)
+        angles = positions.to(self.inv_freq.dtype)[..., None] * self.inv_freq  # (..., T, C/2)
+        return torch.cat((angles.sin(), angles.cos()), dim=-1) * self.scale
 
 
 class Rotary(nn.Module):
     """Rotary position embedding (Su et al. 2021, RoFormer) on the first R dims of each head,
     rotating adjacent pairs (x[2i], x[2i+1]) as x-transformers does; partial rotary as GPT-J.
 
+    Options: ``interpolation_factor`` divides positions (Chen et al. 2023, position interpolation);
+    ``base_rescale_factor`` raises the base by factor**(R/(R-2)) ("NTK-aware" scaling, bloc97 2023);
+    ``xpos`` adds xPos length-extrapolation decay (Sun et al. 2022): queries scaled by
+    s**(p/base), keys by s**(-p/base), so q.k decays with distance. The exponent is centred on a
+    fixed position (half the table) rather than on the current input, so a cached decode step and
+    a full forward use the same numbers.
+
     The cos/sin table covers ``max_positions`` positions and is indexed by position, so cached
     decoding and ragged batches (per-row positions) cost nothing extra."""
 
-    def __init__(self, rot_dim: int, max_positions: int, base: float = 10000.0):
+    def __init__(self, rot_dim: int, max_positions: int, base: float = 10000.0, interpolation_factor: float = 1.0,
+                 base_rescale_factor: float = 1.0, xpos: bool = False, xpos_scale_base: float = 512.0):
         super().__init__()
         self.rot_dim = rot_dim
+        if base_rescale_factor != 1.0:
+            base = base * base_rescale_factor ** (rot_dim / (rot_dim - 2))
         inv_freq = 1.0 / (base ** (torch.arange(0, rot_dim, 2, dtype=torch.float32) / rot_dim))
         t = torch.arange(max_positions, dtype=torch.float32)
-        freqs = torch.outer(t, inv_freq)  # (P, R/2)
+        freqs = torch.outer(t, inv_freq) / interpolation_factor  # (P, R/2)
         self.register_buffer("cos", freqs.cos(), persistent=False)
         self.register_buffer("sin", freqs.sin(), persistent=False)
+        self.xpos = xpos
+        if xpos:
+            decay = (torch.arange(0, rot_dim, 2, dtype=torch.float32) + 0.4 * rot_dim) / (1.4 * rot_dim)  # (R/2,)
+            power = (t - max_positions // 2) / xpos_scale_base  # (P,)
+            self.register_buffer("xscale", decay[None, :] ** power[:, None], persistent=False)  # (P, R/2)
 
-    def table(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin for positions (T,) -> (1, 1, T, R/2) or (B, T) -> (B, 1, T, R/2)."""
-        cos, sin = self.cos[positions], self.sin[positions]
+    def table(self, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(cos, sin) or, with xPos, (cos, sin, scale) for positions (T,) -> (1, 1, T, R/2) or
+        (B, T) -> (B, 1, T, R/2)."""
+        out = (self.cos[positions], self.sin[positions])
+        if self.xpos:
+            out = out + (self.xscale[positions],)
         if positions.dim() == 1:
-            return cos[None, None], sin[None, None]
-        return cos[:, None], sin[:, None]
+            return tuple(t[None, None] for t in out)
+        return tuple(t[:, None] for t in out)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first R dims of x (B, H, T, D) in adjacent pairs; the rest pass through."""
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: torch.Tensor | None = None,
+                 inverse_scale: bool = False) -> torch.Tensor:
+    """Rotate the first R dims of x (B, H, T, D) in adjacent pairs; the rest pass through.
+    ``scale`` (xPos) multiplies the rotated pairs, or divides them with ``inverse_scale`` (keys)."""
     r = cos.shape[-1] * 2
     rot, rest = x[..., :r], x[..., r:]
     pairs = rot.float().unflatten(-1, (-1, 2))  # (B, H, T, R/2, 2)
     x1, x2 = pairs.unbind(-1)
-    out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
-    out = out.to(x.dtype)
+    y1, y2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+    if scale is not None:
+        scale = scale.reciprocal() if inverse_scale else scale
+        y1, y2 = y1 * scale, y2 * scale
+    out = torch.stack((y1, y2), dim=-1).flatten(-2).to(x.dtype)
     return out if rest.shape[-1] == 0 else torch.cat((out, rest), dim=-1)
+
+
+def alibi_slopes(heads: int) -> list[float]:
+    """ALiBi head slopes (Press et al. 2021): a geometric sequence starting at 2**(-8/n) for n a
+    power of two; otherwise the nearest power's slopes plus every other slope of twice that."""
+
+    def geometric(n: int) -> list[float]:
+        first = 2.0 ** (-8.0 / n)
+        return [first ** (i + 1) for i in range(n)]
+
+    if math.log2(heads).is_integer():
+        return geometric(heads)
+    p = 2 ** math.floor(math.log2(heads))
+    return geometric(p) + geometric(2 * p)[0::2][: heads - p]
+
+
+class AlibiBias(nn.Module):
+    """ALiBi (Press et al. 2021, "Train Short, Test Long"): bias -slope_h * |i - j|; heads past
+    ``alibi_heads`` get no bias (x-transformers' alibi_num_heads)."""
+
+    def __init__(self, alibi_heads: int, heads: int):
+        super().__init__()
+        slopes = torch.zeros(heads)
+        slopes[:alibi_heads] = torch.tensor(alibi_slopes(alibi_heads))
+        self.register_buffer("slopes", slopes[:, None, None], persistent=False)  # (H, 1, 1)
+
+    def forward(self, dist: torch.Tensor) -> torch.Tensor:  # (B|1, T, S) query - key positions -> (B|1, H, T, S)
+        return -dist.abs()[:, None].to(self.slopes.dtype) * self.slopes
+
+
+class T5RelativeBias(nn.Module):
+    """T5 relative position buckets (Raffel et al. 2020), causal: exact buckets for short
+    distances, log-spaced up to ``max_distance``, one learned scalar per bucket and head, scaled by
+    sqrt(head size) as x-transformers does."""
+
+    def __init__(self, heads: int, scale: float, num_buckets: int = 32, max_distance: int = 128):
+        super().__init__()
+        self.scale, self.num_buckets, self.max_distance = scale, num_buckets, max_distance
+        self.relative_attention_bias = nn.Embedding(num_buckets, heads)
+
+    def bucket(self, dist: torch.Tensor) -> torch.Tensor:
+        n = dist.clamp(min=0)  # causal: keys after the query are masked, bucket them with distance 0
+        exact = self.num_buckets // 2
+        far = exact + (torch.log(n.clamp(min=1).float() / exact) / math.log(self.max_distance / exact)
+                       * (self.num_buckets - exact)).long()
+        far = far.clamp(max=self.num_buckets - 1)
+        return torch.where(n < exact, n, far)
+
+    def forward(self, dist: torch.Tensor) -> torch.Tensor:  # (B|1, T, S) -> (B|1, H, T, S)
+        return self.relative_attention_bias(self.bucket(dist)).permute(0, 3, 1, 2) * self.scale
+
+
+class DynamicPositionBias(nn.Module):
+    """A small MLP from relative distance to one bias per head (Wang et al. 2021, CrossFormer's
+    dynamic position bias); evaluated once per distance and gathered, never per (i, j) pair."""
+
+    def __init__(self, dim: int, heads: int, max_positions: int, depth: int = 2, log_distance: bool = False):
+        super().__init__()
+        self.log_distance = log_distance
+        self.max_positions = max_positions
+        layers: list[nn.Module] = [nn.Linear(1, dim), nn.SiLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(dim, dim), nn.SiLU()]
+        layers.append(nn.Linear(dim, heads))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, dist: torch.Tensor) -> torch.Tensor:  # (B|1, T, S) -> (B|1, H, T, S)
+        # one MLP row per distance in [0, P) (a static shape: no host sync, same table at every
+        # decode step); future keys (negative distance) are masked, so any value will do there
+        d = dist.clamp(min=0)
+        x = torch.arange(self.max_positions, device=dist.device, dtype=self.mlp[0].weight.dtype)[:, None]  # (P, 1)
+        if self.log_distance:
+            x = torch.log1p(x)
+        table = self.mlp(x)  # (P, H)
+        return table[d].permute(0, 3, 1, 2)

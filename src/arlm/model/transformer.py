@@ -1,11 +1,14 @@
 """The one model: token embedding -> blocks -> norm -> logits.
 
-Dims: B batch, T time, S cache length, C model dim, V vocabulary.
+Dims: B batch, T time, S cache length, C model dim, V vocabulary, M memory tokens.
 
 One forward serves training (no cache: causal SDPA, no mask materialised) and cached decoding
 (``cache`` + ``input_pos``: keys written at those slots; queries see slots <= their own).
 ``start`` (B,) marks the first real slot of each row for left-padded ragged batches: positions
 count from there and earlier slots are masked, so a row gives what it would give alone.
+
+Learned memory tokens (``num_memory_tokens``) sit in front of every sequence: internally they
+occupy the first M rows/cache slots and tokens follow, so slot s of the caller is row M + s.
 """
 
 from __future__ import annotations
@@ -17,9 +20,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .attention import KVCache
-from .layers import Block, make_norm
-from .positional import AbsolutePositionalEmbedding, Rotary
+from .attention import Context, KVCache
+from .layers import NORM_TYPES, Block, make_norm
+from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPositionBias, Rotary,
+                         ScaledSinusoidalEmbedding, T5RelativeBias)
+
+
+def build_blocks(cfg: ModelConfig) -> tuple[list[tuple[bool, bool]], list[tuple[int, str]]]:
+    """Group the sublayer pattern into blocks of [attention][feed-forward].
+
+    Returns the blocks as (has_attn, has_ff) and, for each letter of ``cfg.layer_types``, the
+    (block index, "attn" | "ff") it became, which weight converters use."""
+    blocks: list[list[bool]] = []
+    where: list[tuple[int, str]] = []
+    for t in cfg.layer_types:
+        if t == "f" and blocks and blocks[-1][0] and not blocks[-1][1]:
+            blocks[-1][1] = True
+        else:
+            blocks.append([t == "a", t == "f"])
+        where.append((len(blocks) - 1, "attn" if t == "a" else "ff"))
+    return [tuple(b) for b in blocks], where
 
 
 class Transformer(nn.Module):
@@ -27,42 +47,116 @@ class Transformer(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
+        M = self.num_memory_tokens = cfg.num_memory_tokens
+        P = cfg.max_seq_len + M  # positions seen by relative encodings (memory tokens first)
         self.token_emb = nn.Embedding(cfg.padded_vocab, cfg.dim)
-        self.pos_emb = AbsolutePositionalEmbedding(cfg.dim, cfg.max_seq_len) if cfg.pos_emb == "absolute" else None
-        self.rotary = Rotary(cfg.rotary_emb_dim, cfg.max_seq_len, cfg.rotary_base) if cfg.pos_emb == "rotary" else None
+        self.pos_emb = None
+        if cfg.pos_emb == "absolute":
+            self.pos_emb = AbsolutePositionalEmbedding(cfg.dim, cfg.max_seq_len, l2norm=cfg.l2norm_embed)
+        elif cfg.pos_emb == "scaled_sinusoidal":
+            self.pos_emb = ScaledSinusoidalEmbedding(cfg.dim)
+        self.rotary = None
+        if cfg.pos_emb == "rotary":
+            self.rotary = Rotary(cfg.rotary_emb_dim, P, cfg.rotary_base, cfg.rotary_interpolation_factor,
+                                 cfg.rotary_base_rescale_factor, cfg.rotary_xpos, cfg.rotary_xpos_scale_base)
+        self.pos_bias = None
+        if cfg.pos_bias == "alibi":
+            self.pos_bias = AlibiBias(cfg.alibi_num_heads or cfg.heads, cfg.heads)
+        elif cfg.pos_bias == "t5":
+            self.pos_bias = T5RelativeBias(cfg.heads, cfg.head_dim**0.5, cfg.rel_pos_num_buckets, cfg.rel_pos_max_distance)
+        elif cfg.pos_bias == "dynamic":
+            self.pos_bias = DynamicPositionBias(cfg.dim // 4, cfg.heads, P, cfg.dynamic_pos_bias_mlp_depth,
+                                                cfg.dynamic_pos_bias_log_distance)
+        # post-embedding LayerNorm (BLOOM; Dettmers et al. 2021), a plain LayerNorm as x-transformers
+        self.post_emb_norm = nn.LayerNorm(cfg.dim, bias=False) if cfg.post_emb_norm else None
         self.emb_dropout = nn.Dropout(cfg.emb_dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
-        self.norm = make_norm(cfg)
+        # memory tokens (Burtsev et al. 2020, Memory Transformer): learned rows in front of the sequence
+        self.memory_tokens = nn.Parameter(torch.randn(M, cfg.dim)) if M else None
+        specs, self.layer_map = build_blocks(cfg)
+        first_attn = next((i for i, (a, _) in enumerate(specs) if a), -1)
+        self.blocks = nn.ModuleList(Block(cfg, a, f, value_mix=cfg.add_value_residual and a and i != first_attn)
+                                    for i, (a, f) in enumerate(specs))
+        # execution order over blocks (weight_tie_layers runs the same block depth times)
+        self.order = list(range(len(self.blocks))) * (cfg.depth if cfg.weight_tie_layers else 1)
+        self.n_branches = len(cfg.execute_order)
+        self._steps, self._first_attn_step = self._plan_steps(specs)
+        # post-norm stacks end with a normalised residual already; x-transformers has no final norm there
+        self.norm = make_norm(cfg) if cfg.pre_norm else None
         self.head = None if cfg.tie_embedding else nn.Linear(cfg.dim, cfg.padded_vocab, bias=False)
         # tied logits are scaled by dim**-0.5, as x-transformers does
         self.tied_scale = cfg.dim**-0.5
+        self.needs_mask = (cfg.needs_scores or cfg.max_attend_past is not None or self.pos_bias is not None
+                           or cfg.attn_num_mem_kv > 0 or cfg.attn_add_zero_kv)
+        self.kv_prefix = cfg.attn_num_mem_kv + int(cfg.attn_add_zero_kv)
         self.init_weights()
+
+    def _plan_steps(self, specs) -> tuple[list[tuple[int, int, int, int]], int]:
+        """Per execution step: (KV cache layer, previous attention step, shift buffer of the
+        attention branch, of the feed-forward branch), -1 where the block has no such part."""
+        steps, kv, shift, prev, first = [], 0, 0, -1, -1
+        for step, b in enumerate(self.order):
+            has_attn, has_ff = specs[b]
+            row = (kv if has_attn else -1, prev, shift if has_attn else -1, shift + has_attn if has_ff else -1)
+            steps.append(row)
+            kv += has_attn
+            shift += has_attn + has_ff
+            if has_attn:
+                prev = step
+                first = step if first < 0 else first
+        return steps, first
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """GPT-2 init: N(0, 0.02) weights, zero biases, and the residual output projections
-        scaled by 1/sqrt(2 * depth) so the residual stream's variance does not grow with depth."""
-        std = self.cfg.init_std
+        """GPT-2 init: N(0, 0.02) weights, zero biases, norm gains at 1, and the residual output
+        projections scaled by 1/sqrt(number of residual branches) so the residual stream's
+        variance does not grow with depth. Option parameters start where their papers start
+        them (identity talking heads, unit scales, N(0, 1) memory)."""
+        cfg, std = self.cfg, self.cfg.init_std
+        g = generator
+        out_std = std / math.sqrt(self.n_branches)
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear):
+                s = out_std if name.endswith(("attn.out", "ff.proj_out")) else std
+                m.weight.normal_(0.0, s, generator=g)
+                if m.bias is not None:
+                    m.bias.zero_()
+                if name.endswith("value_gate") or (cfg.zero_init_branch_output and name.endswith(("attn.out", "ff.proj_out"))):
+                    m.weight.zero_()  # gates start at sigmoid(0) = 0.5; zero-init branches (Bachlechner et al. 2020, ReZero)
+            elif isinstance(m, nn.Embedding):
+                s = std
+                if cfg.l2norm_embed and name in ("token_emb", "pos_emb.emb"):
+                    s = 1e-5  # BlinkDL's small init for normalised embeddings, as x-transformers
+                elif self.pos_emb is not None and m is getattr(self.pos_emb, "emb", None):
+                    s = std / self.pos_emb.scale
+                m.weight.normal_(0.0, s, generator=g)
+            elif isinstance(m, nn.GRUCell):
+                bound = cfg.dim**-0.5
+                for p in m.parameters():
+                    p.uniform_(-bound, bound, generator=g)
+            elif isinstance(m, NORM_TYPES) and getattr(m, "weight", None) is not None:
+                m.weight.fill_(1.0)
         for name, p in self.named_parameters():
-            if p.dim() < 2:
-                # norm gains start at 1, biases at 0
-                p.fill_(1.0 if name.endswith("norm.weight") else 0.0)
-                continue
-            s = std
-            if name.endswith(("attn.out.weight", "ff.proj_out.weight")):
-                s = std / math.sqrt(2 * self.cfg.depth)
-            if self.pos_emb is not None and p is self.pos_emb.emb.weight:
-                s = std / self.pos_emb.scale
-            p.normal_(0.0, s, generator=generator)
+            if name.endswith(("mem_k", "mem_v")) or name == "memory_tokens":
+                p.normal_(0.0, 1.0, generator=g)
+            elif name.endswith(("head_scale", "residual_scale")):
+                p.fill_(1.0)
+            elif name.endswith("talking_heads"):
+                p.copy_(torch.eye(p.shape[0]))
+        if isinstance(self.pos_emb, ScaledSinusoidalEmbedding):
+            self.pos_emb.scale.fill_(cfg.dim**-0.5)
 
     def new_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
         """A preallocated KV cache for ``batch_size`` rows and ``max_len`` slots."""
         p = self.token_emb.weight
-        max_len = max_len or self.cfg.max_seq_len
-        if max_len > self.cfg.max_seq_len:
-            raise ValueError(f"cache length {max_len} exceeds the model context max_seq_len={self.cfg.max_seq_len}")
-        return KVCache(self.cfg.depth, batch_size, self.cfg.n_kv_heads, max_len, self.cfg.head_dim,
-                       device=device or p.device, dtype=dtype or p.dtype)
+        cfg = self.cfg
+        max_len = max_len or cfg.max_seq_len
+        if max_len > cfg.max_seq_len:
+            raise ValueError(f"cache length {max_len} exceeds the model context max_seq_len={cfg.max_seq_len}")
+        s = cfg.shift_tokens
+        return KVCache(cfg.n_attn_calls, batch_size, cfg.n_kv_heads, max_len, cfg.head_dim,
+                       device=device or p.device, dtype=dtype or p.dtype, prefix=self.num_memory_tokens,
+                       shift_layers=self.n_branches if s else 0, shift_dim=s * (cfg.dim // (s + 1)),
+                       kv_prefix=self.kv_prefix)
 
     def forward(self, ids: torch.Tensor, input_pos: torch.Tensor | None = None,
                 cache: KVCache | None = None, start: torch.Tensor | None = None,
@@ -77,27 +171,41 @@ class Transformer(nn.Module):
         B, T = ids.shape
         if cache is not None and input_pos is None:
             raise ValueError("cached forward needs input_pos (the cache slots of these tokens)")
+        if key_mask is not None and cache is not None:
+            raise ValueError("key_mask is for uncached forwards only")
         if input_pos is None:
             input_pos = torch.arange(T, device=ids.device)
         positions = input_pos if start is None else (input_pos[None, :] - start[:, None]).clamp(min=0)  # (T,) | (B, T)
 
         x = self.token_emb(ids)  # (B, T, C)
+        if self.cfg.l2norm_embed:
+            # l2-normalised embeddings (Nguyen & Chiang 2018, FixNorm), paired with a tiny init
+            x = F.normalize(x, dim=-1)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
+        if self.post_emb_norm is not None:
+            x = self.post_emb_norm(x)
         x = self.emb_dropout(x)
-        rope = self.rotary.table(positions) if self.rotary is not None else None
 
-        mask = None
-        if cache is not None or start is not None:
-            mask = self._mask(input_pos, start, cache.max_len if cache is not None else T)
-        if key_mask is not None:
-            if cache is not None:
-                raise ValueError("key_mask is for uncached forwards only")
-            base = mask if mask is not None else self._mask(input_pos, None, T)
-            mask = base & (key_mask[:, None, None, :] | torch.eye(T, dtype=torch.bool, device=ids.device))
-        for i, block in enumerate(self.blocks):
-            x = block(x, rope, mask, cache.layer(i) if cache is not None else None, input_pos)
-        x = self.norm(x)
+        M = self.num_memory_tokens
+        slots = input_pos
+        if M:
+            x = torch.cat((self.memory_tokens.to(x.dtype)[None].expand(B, -1, -1), x), dim=1)  # (B, M+T, C)
+            mem = torch.arange(M, device=ids.device)
+            slots = torch.cat((mem, input_pos + M))
+            positions = (torch.cat((mem, positions + M)) if positions.dim() == 1
+                         else torch.cat((mem[None].expand(B, -1), positions + M), dim=1))
+        ctx = self._context(slots, positions, start, cache, key_mask)
+        for step, i in enumerate(self.order):
+            x = self.blocks[i](x, ctx, step)
+        if M:
+            x = x[:, M:]
+        if self.cfg.softclamp_output:
+            # soft-cap the residual stream before the final norm (Gemma 2)
+            v = self.cfg.softclamp_output_value
+            x = torch.tanh(x / v) * v
+        if self.norm is not None:
+            x = self.norm(x)
         if return_embeddings:
             return x
         logits = self.head(x) if self.head is not None else (x @ self.token_emb.weight.t()) * self.tied_scale
@@ -105,23 +213,66 @@ class Transformer(nn.Module):
             logits = logits[..., : self.cfg.vocab_size]
         return logits
 
-    @staticmethod
-    def _mask(input_pos: torch.Tensor, start: torch.Tensor | None, S: int) -> torch.Tensor:
-        """Boolean (B|1, 1, T, S): slot j is visible to the query at slot i iff start <= j <= i.
-        A query at a padding slot (i < start) sees itself only, so no row is all-masked."""
-        slots = torch.arange(S, device=input_pos.device)
-        qi = input_pos[:, None]  # (T, 1)
-        visible = slots[None, :] <= qi  # (T, S)
+    def _context(self, slots, positions, start, cache, key_mask) -> Context:
+        """Everything the layers share: rotary tables, the mask (or the causal fast path), the
+        position bias, and the left-padding rows. slots (T,) are internal rows incl. memory;
+        positions (T,) | (B, T) count from each row's first real token (memory first)."""
+        M = self.num_memory_tokens
+        rope = self.rotary.table(positions) if self.rotary is not None else None
+        pad = None
+        if start is not None and self.cfg.shift_tokens:
+            pad = slots[None, :] < (start[:, None] + M)  # (B, T)
+        P = self.kv_prefix
+        ctx = Context(self._steps, self._first_attn_step, rope=rope, slots=slots,
+                      kv_slots=slots + P if P else slots, pad=pad, cache=cache)
+        if not (self.needs_mask or cache is not None or start is not None or key_mask is not None):
+            return ctx  # fused causal SDPA, nothing materialised
+        ctx.causal = False
+        device = slots.device
+        S = cache.k.shape[3] - P if cache is not None else slots.shape[0]  # key rows after the P prefix columns
+        kslots = torch.arange(S, device=device) if cache is not None else slots  # (S,)
+        visible = (kslots[None, :] <= slots[:, None])[None]  # (1, T, S)
+        if start is not None:
+            real = (kslots[None, :] >= start[:, None] + M) | (kslots[None, :] < M)  # (B, S)
+            visible = (visible & real[:, None, :]) | (kslots[None, :] == slots[:, None])[None]  # (B, T, S)
+        if key_mask is not None:
+            km = key_mask.bool()
+            if M:
+                km = torch.cat((km.new_ones(km.shape[0], M), km), dim=1)
+            visible = visible & (km[:, None, :] | (kslots[None, :] == slots[:, None])[None])
+        dist = None
+        if self.pos_bias is not None or self.cfg.max_attend_past is not None:
+            kpos = positions if cache is None else self._slot_positions(S, start, device)  # (S,) | (B, S)
+            qp = positions if positions.dim() == 2 else positions[None]
+            kp = kpos if kpos.dim() == 2 else kpos[None]
+            dist = qp[:, :, None] - kp[:, None, :]  # (B|1, T, S) query position - key position
+        if self.cfg.max_attend_past is not None:
+            # sliding-window attention (Child et al. 2019; Beltagy et al. 2020, Longformer)
+            visible = visible & (dist <= self.cfg.max_attend_past)
+        visible = visible[:, None]  # (B|1, 1, T, S)
+        bias = self.pos_bias(dist) if self.pos_bias is not None else None  # (B|1, H, T, S)
+        if P:  # memory / zero key columns: always visible, no position bias
+            visible = F.pad(visible, (P, 0), value=True)
+            bias = F.pad(bias, (P, 0), value=0.0) if bias is not None else None
+        if self.cfg.needs_scores:
+            ctx.visible, ctx.bias = visible, bias
+        else:
+            ctx.mask = visible if bias is None else bias.masked_fill(~visible, float("-inf"))
+        return ctx
+
+    def _slot_positions(self, S: int, start, device) -> torch.Tensor:
+        """Positions of all S cache slots: memory m -> m, token slot s -> M + (s - M - start)."""
+        M = self.num_memory_tokens
+        s = torch.arange(S, device=device)
         if start is None:
-            return visible[None, None]
-        visible = visible[None] & (slots[None, None, :] >= start[:, None, None])  # (B, T, S)
-        visible = visible | (slots[None, None, :] == qi[None])
-        return visible[:, None]
+            return s
+        tok = (s[None, :] - M - start[:, None]).clamp(min=0) + M  # (B, S)
+        return torch.where(s[None, :] < M, s[None, :], tok)
 
     def num_params(self, exclude_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         if exclude_embedding:
             n -= self.token_emb.weight.numel()
-            if self.pos_emb is not None:
+            if isinstance(self.pos_emb, AbsolutePositionalEmbedding):
                 n -= self.pos_emb.emb.weight.numel()
         return n

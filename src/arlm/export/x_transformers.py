@@ -1,0 +1,169 @@
+"""x-transformers -> arlm weights.
+
+``convert_state_dict(xt.state_dict(), model)`` maps an x-transformers ``TransformerWrapper`` (built
+with a ``Decoder`` and the same keyword arguments as the arlm ``model``) to arlm's parameter
+names: to_q/to_k/to_v are stacked into the fused ``qkv``, GLU/MLP layers become
+``proj_in``/``proj_out``, norm gains lose x-transformers' unit offset (it stores gain - 1), and
+the vocabulary rows are padded when ``vocab_pad_multiple`` asks for it. Every source key must be
+used and every arlm key filled, or a ``ValueError`` names what is left over.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+# Buffers x-transformers saves that arlm derives from the config.
+_DERIVED = re.compile(r"^attn_layers\.rotary_pos_emb\.(inv_freq|scale)$")
+
+# Inside an attention sublayer: x-transformers name -> arlm name (under blocks.N.attn.).
+_ATTN = {
+    "mem_k": "mem_k",
+    "mem_v": "mem_v",
+    "to_v_gate.weight": "value_gate.weight",
+    "to_value_residual_mix.0.weight": "value_mix.weight",
+    "to_value_residual_mix.0.bias": "value_mix.bias",
+    "to_out.weight": "out.weight",
+    "to_out.0.weight": "out.weight",  # attention on attention: Linear then GLU
+}
+
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor], model, *, norm_unit_offset: bool = True) -> dict[str, torch.Tensor]:
+    """Return ``model``'s state dict filled from an x-transformers ``TransformerWrapper`` state dict.
+
+    ``norm_unit_offset``: x-transformers' ``norm_add_unit_offset`` (True by default there), under
+    which the layer norms store gain - 1.
+    """
+    cfg = model.cfg
+    offset = 1.0 if norm_unit_offset else 0.0
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[str, dict[str, torch.Tensor]] = {}
+    unused = []
+
+    def put(name: str, value: torch.Tensor) -> None:
+        if name in out:
+            raise ValueError(f"two x-transformers tensors map to {name!r}")
+        out[name] = value
+
+    for key, value in state_dict.items():
+        value = value.detach()
+        if _DERIVED.match(key):
+            continue
+        m = re.match(r"^attn_layers\.layers\.(\d+)\.(\d)\.(.+)$", key)
+        if m:
+            if not _layer_param(model, int(m.group(1)), int(m.group(2)), m.group(3), value, offset, put, qkv):
+                unused.append(key)
+            continue
+        name = _top_level(key, value, cfg, offset)
+        if name is None:
+            unused.append(key)
+        else:
+            put(*name)
+
+    for prefix, parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise ValueError(f"attention at {prefix!r} is missing {sorted({'q', 'k', 'v'} - set(parts))} projections")
+        put(f"{prefix}.qkv.weight", torch.cat((parts["q"], parts["k"], parts["v"]), dim=0))
+
+    target = model.state_dict()
+    for name, t in target.items():
+        if name.endswith("attn.out.weight") and name not in out and cfg.heads == 1 and not cfg.attn_on_attn:
+            # x-transformers drops the output projection for a single head (an identity)
+            if t.shape[0] != t.shape[1]:
+                raise ValueError(f"one head of size {cfg.head_dim} cannot map to dim={cfg.dim} without an output projection")
+            out[name] = torch.eye(t.shape[0], dtype=t.dtype)
+    if unused:
+        raise ValueError(f"x-transformers tensors with no arlm counterpart: {', '.join(unused)}; "
+                         "build the arlm model with the same keyword arguments")
+    missing = sorted(set(target) - set(out))
+    extra = sorted(set(out) - set(target))
+    if missing or extra:
+        raise ValueError(f"state dicts do not line up; arlm keys not filled: {missing}; unexpected: {extra}. "
+                         "Build the arlm model with the same keyword arguments as the x-transformers one")
+    for name, t in target.items():
+        v = out[name]
+        if v.shape != t.shape:
+            raise ValueError(f"{name}: x-transformers gives shape {tuple(v.shape)}, arlm expects {tuple(t.shape)}; "
+                             "build the arlm model with the same keyword arguments as the x-transformers one")
+        out[name] = v.to(t.dtype)
+    return out
+
+
+def _pad_vocab(value: torch.Tensor, cfg) -> torch.Tensor:
+    pad = cfg.padded_vocab - value.shape[0]
+    return torch.cat((value, value.new_zeros(pad, value.shape[1]))) if pad > 0 else value
+
+
+def _top_level(key: str, value: torch.Tensor, cfg, offset: float):
+    """Embeddings, final norm, position bias and head -> (arlm name, tensor) or None."""
+    if key == "token_emb.emb.weight":
+        return "token_emb.weight", _pad_vocab(value, cfg)
+    if key == "to_logits.weight":
+        return "head.weight", _pad_vocab(value, cfg)
+    if key in ("pos_emb.emb.weight", "pos_emb.scale", "memory_tokens"):
+        return key, value
+    if key == "post_emb_norm.gamma":  # plain LayerNorm there, no unit offset
+        return "post_emb_norm.weight", value
+    if key in ("attn_layers.final_norm.gamma", "attn_layers.final_norm.g"):
+        return "norm.weight", value + offset
+    if key == "attn_layers.rel_pos.relative_attention_bias.weight":
+        return "pos_bias.relative_attention_bias.weight", value
+    m = re.match(r"^attn_layers\.rel_pos\.mlp\.(\d+)\.(?:0\.)?(weight|bias)$", key)
+    if m:  # their mlp is [Sequential(Linear, SiLU)] * depth + [Linear]; ours is flat
+        return f"pos_bias.mlp.{2 * int(m.group(1))}.{m.group(2)}", value
+    return None
+
+
+def _layer_param(model, j: int, slot: int, rest: str, value, offset: float, put, qkv) -> bool:
+    """One tensor of x-transformers layer j; slot 0 norms, 1 the branch, 2 the residual."""
+    if j >= len(model.layer_map):
+        return False
+    block, kind = model.layer_map[j]
+    prefix = f"blocks.{block}"
+    if slot == 0:
+        m = re.match(r"^(\d)\.(gamma|g)$", rest)
+        if not m:
+            return False
+        # 0: pre-branch norm, 2: post-norm (pre_norm=False) -- arlm keeps either as {kind}_norm
+        which = {"0": f"{kind}_norm", "1": f"{kind}_post_norm", "2": f"{kind}_norm"}[m.group(1)]
+        put(f"{prefix}.{which}.weight", value + offset)
+        return True
+    if slot == 2:
+        if rest == "residual_scale":
+            put(f"{prefix}.{kind}_residual_scale", value)
+            return True
+        m = re.match(r"^gru\.(weight_ih|weight_hh|bias_ih|bias_hh)$", rest)
+        if m:
+            put(f"{prefix}.{kind}_gate.{m.group(1)}", value)
+            return True
+        return False
+    while rest.startswith("fn."):  # ShiftTokens / Scale (macaron) wrappers
+        rest = rest[3:]
+    if kind == "attn":
+        m = re.match(r"^to_([qkv])\.weight$", rest)
+        if m:
+            qkv.setdefault(f"{prefix}.attn", {})[m.group(1)] = value
+            return True
+        if rest in _ATTN:
+            put(f"{prefix}.attn.{_ATTN[rest]}", value)
+            return True
+        if rest == "head_scale_params":
+            put(f"{prefix}.attn.head_scale", value.reshape(-1))  # (1, H, 1, 1) -> (H,)
+            return True
+        m = re.match(r"^attend\.(pre|post)_softmax_talking_heads\.weight$", rest)
+        if m:  # a 1x1 Conv2d over heads is an (H, H) matrix
+            put(f"{prefix}.attn.{m.group(1)}_talking_heads", value[:, :, 0, 0])
+            return True
+        return False
+    m = re.match(r"^ff\.(\d+)\.(?:0\.|proj\.)?(weight|bias|gamma)$", rest)
+    if not m:
+        return False
+    idx, what = int(m.group(1)), m.group(2)
+    if idx == 0:
+        put(f"{prefix}.ff.proj_in.{what}", value)
+    elif what == "gamma":  # post-activation LayerNorm (no unit offset)
+        put(f"{prefix}.ff.post_act_norm.weight", value)
+    else:
+        put(f"{prefix}.ff.proj_out.{what}", value)
+    return True

@@ -1,0 +1,255 @@
+"""The model's contract: causal, cached decoding equals recomputation, ragged rows equal solo rows,
+it learns, it round-trips through safetensors, and its constructors are strict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_model, save_model
+
+from arlm import AutoregressiveWrapper, Decoder, ModelConfig, Transformer, TransformerWrapper, top_k
+from arlm.model import KVCache
+
+V = 48
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box two spinning
+    OpenMP threads per process make each step many times slower; restore the setting after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+# A few architectures that take different paths through attention: fused causal SDPA, SDPA with a
+# mask, explicit scores, and the residual/layout variants.
+CONFIGS = {
+    "absolute": dict(),
+    "rotary-gqa": dict(pos_emb="rotary", heads=4, kv_heads=2, dim_head=8),
+    "alibi-window-memkv": dict(pos_bias="alibi", max_attend_past=4, attn_num_mem_kv=2),
+    "explicit-scores": dict(pos_emb="rotary", attn_pre_talking_heads=True, attn_softclamp_logits=True,
+                            residual_attn=True),
+    "shift-postnorm-glu": dict(shift_tokens=1, pre_norm=False, ff_glu=True, ff_activation="swish"),
+    "memory-tokens-t5": dict(num_memory_tokens=2, pos_bias="t5", pos_emb="none"),
+}
+
+
+def make(name: str, seed: int = 0, **over) -> Transformer:
+    fields = dict(vocab_size=V, max_seq_len=24, dim=32, depth=2, heads=2)
+    cfg = ModelConfig(**{**fields, **CONFIGS[name], **over})
+    model = Transformer(cfg)
+    model.init_weights(torch.Generator().manual_seed(seed))
+    return model.eval()
+
+
+def ids(B: int, T: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_causal_exactly(name):
+    model = make(name)
+    x = ids(2, 20)
+    with torch.no_grad():
+        base = model(x)
+        for t in (0, 7, 19):
+            y = x.clone()
+            y[:, t] = (y[:, t] + 1) % V
+            out = model(y)
+            assert torch.equal(out[:, :t], base[:, :t]), f"changing token {t} changed earlier logits"
+            assert not torch.equal(out[:, t], base[:, t]), "the changed token's own logits should move"
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_cached_decoding_equals_full_recompute(name):
+    model = make(name)
+    x = ids(3, 20)
+    with torch.no_grad():
+        full = model(x)
+        cache = model.new_cache(3, 24)
+        steps = [model(x[:, :7], input_pos=torch.arange(7), cache=cache)]
+        for t in range(7, 20):
+            steps.append(model(x[:, t:t + 1], input_pos=torch.tensor([t]), cache=cache))
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["absolute", "alibi-window-memkv", "explicit-scores", "memory-tokens-t5"])
+def test_greedy_generation_same_with_and_without_cache(name):
+    net = make(name)
+    wrapper = AutoregressiveWrapper(net)
+    prompt = ids(2, 5)
+    a = wrapper.generate(prompt, 12, temperature=0.0, cache_kv=True)
+    b = wrapper.generate(prompt, 12, temperature=0.0, cache_kv=False)
+    assert a.shape == (2, 12)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_ragged_rows_equal_solo_rows(name):
+    model = make(name)
+    lens = [9, 4, 13]
+    T = max(lens)
+    rows = [ids(1, n, seed=10 + i)[0] for i, n in enumerate(lens)]
+    batch = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        batch[i, T - len(r):] = r
+    start = torch.tensor([T - n for n in lens])
+    with torch.no_grad():
+        together = model(batch, start=start)
+        # cached prefill of the ragged batch, then two decode steps, must agree too
+        cache = model.new_cache(len(rows), 24)
+        cached = model(batch, input_pos=torch.arange(T), cache=cache, start=start)
+        for i, r in enumerate(rows):
+            solo = model(r[None])
+            torch.testing.assert_close(together[i, T - len(r):], solo[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(cached[i, T - len(r):], solo[0], atol=1e-5, rtol=0)
+        nxt = ids(len(rows), 1, seed=99)
+        step = model(nxt, input_pos=torch.tensor([T]), cache=cache, start=start)
+        for i, r in enumerate(rows):
+            solo = model(torch.cat((r, nxt[i]))[None])[:, -1]
+            torch.testing.assert_close(step[i, -1], solo[0], atol=1e-5, rtol=0)
+
+
+def test_left_padding_mask_in_wrapper_matches_solo():
+    net = TransformerWrapper(num_tokens=V, max_seq_len=24, attn_layers=Decoder(dim=32, depth=2, heads=2, rotary_pos_emb=True)).eval()
+    short, long_ = ids(1, 5, seed=3)[0], ids(1, 9, seed=4)[0]
+    x = torch.stack((torch.cat((torch.zeros(4, dtype=torch.long), short)), long_))
+    mask = torch.stack((torch.arange(9) >= 4, torch.ones(9, dtype=torch.bool)))
+    with torch.no_grad():
+        out = net(x, mask=mask)
+        torch.testing.assert_close(out[0, 4:], net(short[None])[0], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="left-padding"):
+        net(x, mask=torch.stack((torch.arange(9) < 4, torch.ones(9, dtype=torch.bool))))
+
+
+def test_overfits_one_batch_then_greedy_decoding_reproduces_it():
+    torch.manual_seed(0)
+    net = TransformerWrapper(num_tokens=V, max_seq_len=32, attn_layers=Decoder(dim=64, depth=2, heads=4, rotary_pos_emb=True))
+    model = AutoregressiveWrapper(net)
+    seq = ids(2, 17, seed=5)
+    seq[1, 0] = (seq[0, 0] + 1) % V  # distinct first tokens, so each row is determined by its start
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(40):
+        loss = model(seq)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+    assert loss.item() < 0.1 * first, (first, loss.item())
+    out = model.generate(seq[:, :1], 16, temperature=0.0)
+    assert torch.equal(out, seq[:, 1:])
+
+
+def test_safetensors_round_trip_gives_identical_logits(tmp_path):
+    model = make("explicit-scores", seed=3)
+    x = ids(2, 12)
+    path = tmp_path / "model.safetensors"
+    save_model(model, str(path))
+    other = make("explicit-scores", seed=4)
+    assert not torch.equal(other(x), model(x))
+    load_model(other, str(path))
+    with torch.no_grad():
+        assert torch.equal(other(x), model(x))
+
+
+def test_init_weights_is_reproducible_from_a_generator():
+    a, b = make("alibi-window-memkv", seed=7), make("alibi-window-memkv", seed=7)
+    for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(pa, pb), na
+    c = make("alibi-window-memkv", seed=8)
+    assert not torch.equal(a.blocks[0].attn.qkv.weight, c.blocks[0].attn.qkv.weight)
+
+
+def test_kv_cache_layout_and_reorder():
+    model = make("rotary-gqa")
+    cache = model.new_cache(3, 16)
+    assert isinstance(cache, KVCache)
+    assert cache.k.shape == (2, 3, 2, 16, 8) and cache.v.shape == cache.k.shape  # (L, B, K, S, D)
+    assert cache.max_len == 16 and cache.batch_size == 3
+    k0, v0 = cache.layer(0)
+    assert k0.shape == (3, 2, 16, 8)
+    x = ids(3, 6)
+    with torch.no_grad():
+        model(x, input_pos=torch.arange(6), cache=cache)
+        full_rows = cache.k.clone()
+        cache.reorder(torch.tensor([2, 0]))
+    assert torch.equal(cache.k, full_rows[:, [2, 0]])
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model.new_cache(1, 25)
+    with pytest.raises(ValueError, match="input_pos"):
+        model(x, cache=model.new_cache(3))
+
+
+def test_num_params_counts_embeddings_separately():
+    model = make("absolute")
+    cfg = model.cfg
+    total = sum(p.numel() for p in model.parameters())
+    assert model.num_params() == total
+    assert model.num_params(exclude_embedding=True) == total - cfg.padded_vocab * cfg.dim - cfg.max_seq_len * cfg.dim
+
+
+@pytest.mark.parametrize("ctor, bad, supported", [
+    (lambda **kw: Decoder(dim=32, depth=2, **kw), "attn_flsh", "attn_flash"),
+    (lambda **kw: TransformerWrapper(num_tokens=V, max_seq_len=16, attn_layers=Decoder(dim=32, depth=1), **kw),
+     "emb_dim", "tie_embedding"),
+])
+def test_unknown_keyword_arguments_are_refused_with_the_supported_list(ctor, bad, supported):
+    with pytest.raises(TypeError) as err:
+        ctor(**{bad: True})
+    msg = str(err.value)
+    assert repr(bad) in msg and "supports:" in msg and supported in msg
+
+
+def test_refused_options_say_why():
+    with pytest.raises(TypeError, match="causal"):
+        Decoder(dim=32, depth=2, causal=False)
+    with pytest.raises(TypeError, match="cache"):
+        Decoder(dim=32, depth=2, attn_selective=True)
+    with pytest.raises(TypeError, match="not causal"):
+        TransformerWrapper(num_tokens=V, max_seq_len=16, attn_layers=Decoder(dim=32, depth=1), use_cls_token=True)
+
+
+def test_autoregressive_wrapper_rejects_unknown_keywords():
+    net = TransformerWrapper(num_tokens=V, max_seq_len=16, attn_layers=Decoder(dim=32, depth=1, heads=2))
+    with pytest.raises(TypeError, match="ignore_indx"):
+        AutoregressiveWrapper(net, ignore_indx=0)
+
+
+def test_readme_api_at_small_size():
+    torch.manual_seed(0)
+    net = TransformerWrapper(num_tokens=256, max_seq_len=64,
+                             attn_layers=Decoder(dim=32, depth=2, heads=2, rotary_pos_emb=True, attn_flash=True))
+    model = AutoregressiveWrapper(net)
+    seq = torch.randint(0, 256, (2, 33))
+    loss = model(seq)
+    loss.backward()
+    assert loss.item() > 0 and net.blocks[0].attn.qkv.weight.grad is not None
+    prompts = torch.randint(0, 256, (2, 4))
+    out = model.generate(prompts, 8, temperature=1.0, filter_logits_fn=top_k, cache_kv=True,
+                         generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 8) and int(out.min()) >= 0 and int(out.max()) < 256
+
+
+@pytest.mark.parametrize("over", [dict(add_value_residual=True, residual_attn=True),
+                                  dict(shift_tokens=1, weight_tie_layers=True, add_value_residual=True)])
+def test_activation_checkpointing_gives_the_same_gradients(over):
+    """Re-running a block in the backward pass (as the trainer's activation checkpointing does) must
+    see the same inputs, including state carried between layers (first-layer values, scores)."""
+    from torch.utils.checkpoint import checkpoint
+
+    x = ids(2, 12)
+
+    def grads(ckpt: bool):
+        model = make("absolute", seed=1, **over).train()
+        if ckpt:
+            for block in model.blocks:
+                inner = block.forward
+                block.forward = lambda *a, _f=inner, **k: checkpoint(_f, *a, use_reentrant=False, **k)
+        model(x).logsumexp(-1).mean().backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    plain, ckpt = grads(False), grads(True)
+    for name, g in plain.items():
+        torch.testing.assert_close(ckpt[name], g, atol=1e-6, rtol=1e-5, msg=name)

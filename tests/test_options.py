@@ -1,0 +1,162 @@
+"""Every architecture option passes the same property matrix: causal (exactly), cached decoding
+equals full recomputation, left-padded rows equal solo rows, 20 AdamW steps reduce the loss on a
+fixed batch, and the option survives the YAML round trip of its ModelConfig.
+
+``OPTIONS`` is also the parity matrix of tests/test_x_transformers_parity.py: an entry is
+(Decoder kwargs, TransformerWrapper kwargs, has an x-transformers twin).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arlm import AutoregressiveWrapper, Decoder, RunConfig, Transformer, TransformerWrapper
+
+V, SEQ = 40, 24
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box two spinning
+    OpenMP threads per process make each step many times slower; restore the setting after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+BASE = dict(dim=32, depth=2, heads=2, attn_dim_head=16)
+
+OPTIONS: dict[str, tuple[dict, dict, bool]] = {
+    "baseline": ({}, {}, True),
+    "attn_one_kv_head": ({"attn_one_kv_head": True}, {}, True),
+    "attn_kv_heads": ({"heads": 4, "attn_kv_heads": 2}, {}, True),
+    "ff_glu_swish": ({"ff_glu": True, "ff_swish": True}, {}, True),
+    "ff_relu_squared": ({"ff_relu_squared": True}, {}, True),
+    "ff_no_bias": ({"ff_no_bias": True}, {}, True),
+    "ff_post_act_ln": ({"ff_post_act_ln": True}, {}, True),
+    "use_rmsnorm": ({"use_rmsnorm": True}, {}, True),
+    "use_simple_rmsnorm": ({"use_simple_rmsnorm": True}, {}, True),
+    "use_scalenorm": ({"use_scalenorm": True}, {}, True),
+    "scaled_sinu_pos_emb": ({}, {"scaled_sinu_pos_emb": True}, True),
+    "no_abs_pos_emb": ({}, {"use_abs_pos_emb": False}, True),
+    "rotary_pos_emb": ({"rotary_pos_emb": True}, {}, True),
+    "rotary_emb_dim": ({"rotary_pos_emb": True, "rotary_emb_dim": 4}, {}, True),
+    "rotary_xpos": ({"rotary_xpos": True}, {}, True),
+    "rotary_interpolation_factor": ({"rotary_pos_emb": True, "rotary_interpolation_factor": 2.0}, {}, True),
+    "rotary_base_rescale_factor": ({"rotary_pos_emb": True, "rotary_base_rescale_factor": 2.0}, {}, True),
+    "rotary_base": ({"rotary_pos_emb": True, "rotary_base": 500.0}, {}, False),  # arlm-only
+    "alibi_pos_bias": ({"alibi_pos_bias": True}, {}, True),
+    "alibi_num_heads": ({"heads": 4, "alibi_pos_bias": True, "alibi_num_heads": 2}, {}, True),
+    "attn_max_attend_past": ({"attn_max_attend_past": 3}, {}, True),
+    "attn_softclamp_logits": ({"attn_softclamp_logits": True, "attn_logit_softclamp_value": 2.0}, {}, True),
+    "attn_gate_values": ({"attn_gate_values": True}, {}, True),
+    "attn_head_scale": ({"attn_head_scale": True}, {}, True),
+    "attn_qk_norm": ({"attn_qk_norm": True}, {}, True),
+    "l2norm_embed": ({}, {"l2norm_embed": True}, True),
+    "post_emb_norm": ({}, {"post_emb_norm": True}, True),
+    "tie_embedding": ({}, {"tie_embedding": True}, True),
+    "sandwich_norm": ({"sandwich_norm": True}, {}, True),
+    "post_norm": ({"pre_norm": False}, {}, True),
+    "attn_num_mem_kv": ({"attn_num_mem_kv": 2}, {}, True),
+    "attn_add_zero_kv": ({"attn_add_zero_kv": True}, {}, True),
+    "gate_residual": ({"gate_residual": True}, {}, True),
+    "scale_residual": ({"scale_residual": True}, {}, True),
+    "zero_init_branch_output": ({"zero_init_branch_output": True}, {}, True),
+    "num_memory_tokens": ({"rotary_pos_emb": True}, {"num_memory_tokens": 2}, True),
+    "softclamp_output": ({"softclamp_output": True, "softclamp_output_value": 1.0}, {}, True),
+    "attn_on_attn": ({"attn_on_attn": True}, {}, True),
+    "talking_heads": ({"attn_pre_talking_heads": True, "attn_post_talking_heads": True}, {}, True),
+    "attn_sparse_topk": ({"attn_sparse_topk": 3}, {}, True),
+    "residual_attn": ({"residual_attn": True}, {}, True),
+    "rel_pos_bias": ({"rel_pos_bias": True, "rel_pos_num_buckets": 8, "rel_pos_max_distance": 16}, {}, True),
+    "dynamic_pos_bias": ({"dynamic_pos_bias": True, "dynamic_pos_bias_log_distance": True}, {}, True),
+    "shift_tokens": ({"shift_tokens": 1}, {}, True),
+    "shift_tokens_2": ({"shift_tokens": 2, "pre_norm": False}, {}, True),
+    "macaron": ({"macaron": True}, {}, True),
+    "par_ratio": ({"depth": 3, "par_ratio": 2}, {}, True),
+    "custom_layers": ({"custom_layers": ("a", "a", "f")}, {}, True),
+    "sandwich_coef": ({"depth": 3, "sandwich_coef": 1}, {}, True),
+    "weight_tie_layers": ({"weight_tie_layers": True}, {}, True),
+    "add_value_residual": ({"add_value_residual": True}, {}, True),
+    # interactions: masks, prefixes and carried state together
+    "window_alibi_memkv_zerokv": ({"attn_max_attend_past": 4, "alibi_pos_bias": True, "attn_num_mem_kv": 1,
+                                   "attn_add_zero_kv": True}, {}, True),
+    "explicit_memory_tokens": ({"rotary_pos_emb": True, "residual_attn": True, "attn_sparse_topk": 4,
+                                "attn_softclamp_logits": True}, {"num_memory_tokens": 1}, True),
+    "shift_value_residual_gqa": ({"heads": 4, "attn_kv_heads": 4, "shift_tokens": 1, "add_value_residual": True,
+                                  "attn_max_attend_past": 5, "macaron": True}, {}, True),
+}
+
+
+def build(name: str, seed: int = 0) -> TransformerWrapper:
+    dec, wrap, _ = OPTIONS[name]
+    torch.manual_seed(seed)
+    net = TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=Decoder(**{**BASE, **dec}), **wrap)
+    net.init_weights(torch.Generator().manual_seed(seed))
+    return net
+
+
+def tokens(B: int, T: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_causal_and_cache_exact(name):
+    net = build(name).eval()
+    x = tokens(2, 16, seed=1)
+    with torch.no_grad():
+        full = net(x)
+        for t in (3, 11):
+            y = x.clone()
+            y[:, t] = (y[:, t] + 1) % V
+            assert torch.equal(net(y)[:, :t], full[:, :t]), f"{name}: token {t} changed earlier logits"
+        cache = net.new_cache(2, SEQ)
+        steps = [net(x[:, :6], input_pos=torch.arange(6), cache=cache)]
+        for t in range(6, 16):
+            steps.append(net(x[:, t:t + 1], input_pos=torch.tensor([t]), cache=cache))
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_left_padded_rows_equal_solo_rows(name):
+    net = build(name).eval()
+    short, long_ = tokens(1, 5, seed=2)[0], tokens(1, 11, seed=3)[0]
+    batch = torch.stack((torch.cat((torch.zeros(6, dtype=torch.long), short)), long_))
+    start = torch.tensor([6, 0])
+    with torch.no_grad():
+        cache = net.new_cache(2, SEQ)
+        out = net(batch, input_pos=torch.arange(11), cache=cache, start=start)
+        torch.testing.assert_close(out[0, 6:], net(short[None])[0], atol=1e-5, rtol=0)
+        nxt = tokens(2, 1, seed=4)
+        step = net(nxt, input_pos=torch.tensor([11]), cache=cache, start=start)
+        solo = net(torch.cat((short, nxt[0]))[None])[0, -1]
+        torch.testing.assert_close(step[0, -1], solo, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_twenty_adamw_steps_reduce_the_loss(name):
+    net = build(name)
+    model = AutoregressiveWrapper(net)
+    seq = tokens(4, 17, seed=5)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        loss = model(seq)
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.3, f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_option_survives_the_yaml_round_trip(name):
+    net = build(name).eval()
+    cfg = RunConfig.from_yaml(RunConfig(model=net.cfg).to_yaml()).validate().model
+    assert cfg == net.cfg
+    twin = Transformer(cfg).eval()
+    twin.load_state_dict(net.state_dict())
+    x = tokens(1, 8, seed=6)
+    with torch.no_grad():
+        assert torch.equal(twin(x), net(x))
