@@ -253,3 +253,18 @@ def test_activation_checkpointing_gives_the_same_gradients(over):
     plain, ckpt = grads(False), grads(True)
     for name, g in plain.items():
         torch.testing.assert_close(ckpt[name], g, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_attn_z_loss_is_added_in_training_only():
+    torch.manual_seed(0)
+    net = TransformerWrapper(num_tokens=32, max_seq_len=16, attn_layers=Decoder(dim=32, depth=2, heads=2))
+    plain = AutoregressiveWrapper(net)
+    zl = AutoregressiveWrapper(net, add_attn_z_loss=True, attn_z_loss_weight=1e-2)
+    seq = torch.randint(0, 32, (2, 17))
+    _, z = net(seq[:, :-1], return_attn_z_loss=True, attn_z_loss_weight=1e-2)
+    torch.testing.assert_close(zl(seq), plain(seq) + z)
+    zl.eval(), plain.eval()
+    torch.testing.assert_close(zl(seq), plain(seq))  # evaluation reports the language-model loss alone
+    zl.train()
+    zl(seq).backward()  # the z-loss term is differentiable
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad and p.dim() == 2)

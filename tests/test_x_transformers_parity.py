@@ -78,3 +78,19 @@ def test_padded_vocabulary_rows_are_zero_and_logits_still_match():
     x = torch.randint(0, V, (1, 12), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["baseline", "rotary_pos_emb", "alibi_pos_bias", "attn_softclamp_logits", "attn_kv_heads"])
+def test_attention_z_loss_matches_x_transformers(name):
+    if name not in OPTIONS:
+        pytest.skip(f"option {name} is not in the matrix")
+    dec, wrap, _ = OPTIONS[name]
+    ref = reference(dec, wrap, seed=0)
+    ours = TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=Decoder(**{**BASE, **dec}), **wrap).eval()
+    ours.load_state_dict(convert_state_dict(ref.state_dict(), ours))
+    x = torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _, inter = ref(x, return_attn_z_loss=True, return_intermediates=True)
+        _, z = ours(x, return_attn_z_loss=True)
+    assert float(z) > 0
+    torch.testing.assert_close(z, inter.attn_z_loss, atol=1e-7, rtol=1e-5)

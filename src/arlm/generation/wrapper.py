@@ -15,17 +15,34 @@ from .filters import resolve_filter, top_k
 from .speculative import speculative_tokens
 
 
+# keyword-only extras of stream() that generate() forwards
+_STREAM_EXTRAS = ("truncate_prompt", "amateur_model", "contrastive_decode_kwargs", "draft_model", "num_draft_tokens",
+                  "repetition_penalty", "presence_penalty", "frequency_penalty", "num_samples", "compile")
+
+
+def _reject_unknown(where: str, kwargs: dict, supported, prefix: str = "") -> None:
+    """Unknown keyword arguments are an error naming them and listing what is supported."""
+    if kwargs:
+        raise TypeError(f"{where}() got unsupported keyword argument(s) {', '.join(map(repr, kwargs))}; "
+                        f"supported: {prefix}{', '.join(supported)}. Nothing is silently ignored.")
+
+
 class AutoregressiveWrapper(nn.Module):
     """Wraps a ``TransformerWrapper`` / ``Transformer`` for training and sampling.
 
     ``loss = wrapper(seq)`` with seq (B, T+1): inputs seq[:, :-1], targets seq[:, 1:] (the shift
     happens inside); target positions equal to ``ignore_index`` are left out of the loss.
+    ``add_attn_z_loss`` adds ``attn_z_loss_weight`` times the attention z-loss during training
+    (it recomputes the attention logits the fused kernel never exposes, so it costs memory).
     ``mask_prob`` > 0 is Forgetful Causal Masking (Liu et al. 2022): during training that fraction
     of earlier tokens is hidden from attention (never the first token).
     """
 
-    def __init__(self, net: nn.Module, *, ignore_index: int = -100, pad_value: int = 0, mask_prob: float = 0.0):
+    def __init__(self, net: nn.Module, *, ignore_index: int = -100, pad_value: int = 0, mask_prob: float = 0.0,
+                 add_attn_z_loss: bool = False, attn_z_loss_weight: float = 1e-4, **unsupported):
         super().__init__()
+        _reject_unknown("AutoregressiveWrapper", unsupported,
+                        ("net", "ignore_index", "pad_value", "mask_prob", "add_attn_z_loss", "attn_z_loss_weight"))
         if not hasattr(net, "cfg") or not hasattr(net, "new_cache"):
             raise TypeError("AutoregressiveWrapper needs an arlm TransformerWrapper or Transformer")
         if not (0.0 <= mask_prob < 1.0):
@@ -35,6 +52,9 @@ class AutoregressiveWrapper(nn.Module):
         self.ignore_index = ignore_index
         self.pad_value = pad_value
         self.mask_prob = mask_prob
+        # attention z-loss (Zoph et al. 2022, ST-MoE; PaLM): keeps attention logits from drifting large
+        self.add_attn_z_loss = add_attn_z_loss
+        self.attn_z_loss_weight = attn_z_loss_weight
         self.last_stats: dict = {}  # e.g. speculative acceptance rate of the last generate()
 
     def forward(self, x: torch.Tensor, return_outputs: bool = False):
@@ -52,8 +72,15 @@ class AutoregressiveWrapper(nn.Module):
             scores[:, 0] = -1.0  # the first token is never hidden
             hidden = scores.topk(n_mask, dim=-1).indices
             key_mask = torch.ones(B, T, dtype=torch.bool, device=x.device).scatter(1, hidden, False)
-        logits = self.net(inp, key_mask=key_mask) if key_mask is not None else self.net(inp)
+        z = self.add_attn_z_loss and self.training
+        kw = dict(return_attn_z_loss=True, attn_z_loss_weight=self.attn_z_loss_weight) if z else {}
+        if key_mask is not None:
+            kw["key_mask"] = key_mask
+        out = self.net(inp, **kw)
+        logits, z_loss = out if z else (out, None)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=self.ignore_index)
+        if z_loss is not None:
+            loss = loss + z_loss
         return (loss, logits) if return_outputs else loss
 
     def _prepare(self, prompts, prompt_lens, truncate_prompt: bool):
@@ -167,6 +194,7 @@ class AutoregressiveWrapper(nn.Module):
         the first call pays the compile time).
         Returns (B, n) or (n,) for a 1-D prompt, n <= seq_len (fewer when every row ended early).
         """
+        _reject_unknown("generate", kwargs, _STREAM_EXTRAS, "generate's positional parameters and ")
         was_1d = torch.is_tensor(prompts) and prompts.dim() == 1 and kwargs.get("num_samples", 1) == 1
         steps = list(self.stream(prompts, seq_len, eos_token, temperature, prompt_lens, filter_logits_fn,
                                  restrict_to_max_seq_len, filter_kwargs, cache_kv, generator, **kwargs))

@@ -51,3 +51,20 @@ def explicit_attention(q, k, v, *, scale: float, visible: torch.Tensor, bias: to
     if post_talking is not None:
         p = torch.einsum("gh,bhts->bgts", post_talking, p)
     return torch.matmul(p, v), scores
+
+
+def attention_lse(q, k, *, scale: float, scores: torch.Tensor | None, mask, visible, causal: bool) -> torch.Tensor:
+    """log-sum-exp over the visible keys of each query's attention logits, (B, H, T), for the
+    attention z-loss. Uses the explicit path's ``scores`` when given, else recomputes them (only
+    when the z-loss is asked for: the fused kernel never exposes its logits)."""
+    if scores is None:
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # (B, H, T, S)
+        if mask is not None and mask.dtype != torch.bool:
+            scores = scores + mask  # additive position bias with -inf where hidden
+            visible = torch.isfinite(mask)
+        elif mask is not None:
+            visible = mask
+    if visible is None:  # fused causal path: query t sees keys <= t
+        T, S = scores.shape[-2:]
+        visible = torch.ones(T, S, dtype=torch.bool, device=scores.device).tril(S - T)
+    return scores.float().masked_fill(~visible, float("-inf")).logsumexp(dim=-1)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .attend import explicit_attention, fused_attention
+from .attend import attention_lse, explicit_attention, fused_attention
 from .positional import apply_rotary
 
 
@@ -74,7 +74,7 @@ class Context:
     """
 
     __slots__ = ("rope", "slots", "kv_slots", "causal", "mask", "visible", "bias", "pad", "cache", "steps",
-                 "first_attn_step", "scores", "values")
+                 "first_attn_step", "scores", "values", "z_lse")
 
     def __init__(self, steps, first_attn_step: int, rope=None, slots=None, kv_slots=None, pad=None, cache=None):
         self.steps, self.first_attn_step = steps, first_attn_step
@@ -82,6 +82,7 @@ class Context:
         self.causal, self.mask, self.visible, self.bias = True, None, None, None
         self.scores: dict[int, torch.Tensor] = {}
         self.values = None
+        self.z_lse: list[torch.Tensor] | None = None  # per-layer attention log-sum-exp, for the z-loss
 
     def kv(self, step: int):
         if self.cache is None:
@@ -164,6 +165,7 @@ class Attention(nn.Module):
             k = k[:, None].expand(B, H // K, K, S, D).reshape(B, H, S, D)
             v = v[:, None].expand(B, H // K, K, S, D).reshape(B, H, S, D)
         dropout = self.dropout if self.training else 0.0
+        scores = None
         if self.explicit:
             prev = ctx.scores.get(ctx.steps[step][1]) if self.residual_attn else None
             y, scores = explicit_attention(
@@ -174,6 +176,9 @@ class Attention(nn.Module):
                 ctx.scores[step] = scores
         else:
             y = fused_attention(q, k, v, ctx.mask, ctx.causal, self.scale, dropout)  # (B, H, T, D)
+        if ctx.z_lse is not None:
+            ctx.z_lse.append(attention_lse(q, k, scale=self.scale, scores=scores, mask=ctx.mask,
+                                           visible=ctx.visible, causal=ctx.causal))
         if self.head_scale is not None:
             y = y * self.head_scale[:, None, None].to(y.dtype)
         y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)

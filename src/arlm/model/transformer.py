@@ -160,13 +160,18 @@ class Transformer(nn.Module):
 
     def forward(self, ids: torch.Tensor, input_pos: torch.Tensor | None = None,
                 cache: KVCache | None = None, start: torch.Tensor | None = None,
-                key_mask: torch.Tensor | None = None, return_embeddings: bool = False) -> torch.Tensor:
+                key_mask: torch.Tensor | None = None, return_embeddings: bool = False,
+                return_attn_z_loss: bool = False, attn_z_loss_weight: float = 1e-4):
         """ids (B, T) -> logits (B, T, V), or final embeddings (B, T, C).
 
         input_pos: (T,) slots of these tokens (default 0..T-1); required with ``cache``.
         start: (B,) first real slot per row (left padding); None means 0 for every row.
         key_mask: (B, T) booleans, False hides that token from later queries (no cache only;
         used by Forgetful Causal Masking). Each token always sees itself.
+        return_attn_z_loss: also return the attention z-loss (ST-MoE, Zoph et al. 2022; PaLM):
+        the log-sum-exp of every query's attention logits summed over layers, squared, summed
+        over heads, averaged over rows and positions, times ``attn_z_loss_weight`` (the
+        x-transformers definition). Returns (output, z_loss).
         """
         B, T = ids.shape
         if cache is not None and input_pos is None:
@@ -196,6 +201,8 @@ class Transformer(nn.Module):
             positions = (torch.cat((mem, positions + M)) if positions.dim() == 1
                          else torch.cat((mem[None].expand(B, -1), positions + M), dim=1))
         ctx = self._context(slots, positions, start, cache, key_mask)
+        if return_attn_z_loss:
+            ctx.z_lse = []
         for step, i in enumerate(self.order):
             x = self.blocks[i](x, ctx, step)
         if M:
@@ -206,8 +213,14 @@ class Transformer(nn.Module):
             x = torch.tanh(x / v) * v
         if self.norm is not None:
             x = self.norm(x)
-        if return_embeddings:
-            return x
+        out = x if return_embeddings else self.logits(x)
+        if return_attn_z_loss:
+            lse = torch.stack(ctx.z_lse).sum(dim=0)[..., M:]  # (B, H, T): summed over layers
+            return out, lse.square().sum(dim=1).mean() * attn_z_loss_weight
+        return out
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final embeddings (..., C) -> logits (..., vocab_size)."""
         logits = self.head(x) if self.head is not None else (x @ self.token_emb.weight.t()) * self.tied_scale
         if self.cfg.padded_vocab != self.cfg.vocab_size:
             logits = logits[..., : self.cfg.vocab_size]

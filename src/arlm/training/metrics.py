@@ -50,9 +50,10 @@ def flops_per_token(cfg: ModelConfig, n_matmul_params: int, seq_len: int) -> flo
     """Training FLOPs per token, 6N + 12 L H Q T (PaLM, appendix B).
 
     N counts the parameters used in matrix multiplies (the embedding lookup is free; the output
-    projection is not, tied or untied); 12 L H Q T is attention's score and value matmuls.
+    projection is not, tied or untied); 12 L H Q T is attention's score and value matmuls, L counting
+    attention calls (custom layouts and tied layers included).
     """
-    return 6.0 * n_matmul_params + 12.0 * cfg.depth * cfg.heads * cfg.head_dim * seq_len
+    return 6.0 * n_matmul_params + 12.0 * cfg.n_attn_calls * cfg.heads * cfg.head_dim * seq_len
 
 
 def matmul_params(model) -> int:
