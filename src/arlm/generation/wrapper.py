@@ -194,7 +194,8 @@ class AutoregressiveWrapper(nn.Module):
         the first call pays the compile time).
         Returns (B, n) or (n,) for a 1-D prompt, n <= seq_len (fewer when every row ended early).
         """
-        _reject_unknown("generate", kwargs, _STREAM_EXTRAS, "generate's positional parameters and ")
+        _reject_unknown("generate", {k: v for k, v in kwargs.items() if k not in _STREAM_EXTRAS}, _STREAM_EXTRAS,
+                        "generate's named parameters and ")
         was_1d = torch.is_tensor(prompts) and prompts.dim() == 1 and kwargs.get("num_samples", 1) == 1
         steps = list(self.stream(prompts, seq_len, eos_token, temperature, prompt_lens, filter_logits_fn,
                                  restrict_to_max_seq_len, filter_kwargs, cache_kv, generator, **kwargs))
