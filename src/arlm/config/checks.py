@@ -1,0 +1,68 @@
+"""Shared pieces of the config dataclasses: the error type and the field checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field and what is allowed."""
+
+
+_SECTIONS = {"ModelConfig": "model", "DataConfig": "data", "TrainConfig": "train"}
+
+
+def _coerce(key: str, annotation: str, value: Any) -> Any:
+    ann = str(annotation).replace(" ", "")
+    optional = "None" in ann
+    base = ann.replace("|None", "").replace("None|", "")
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        if not optional:
+            raise ConfigError(f"{key} cannot be null")
+        return None
+    try:
+        if base == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+                return False
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if base == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if base == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be of type {base}, got {value!r}") from None
+    return value
+
+
+def _positive(obj, *names: str) -> None:
+    sec = _section(obj)
+    for name in names:
+        v = getattr(obj, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"{sec}.{name} must be a positive integer, got {v!r}")
+
+
+def _choice(obj, name: str, allowed: tuple[str, ...]) -> None:
+    v = getattr(obj, name)
+    if v not in allowed:
+        raise ConfigError(f"{_section(obj)}.{name}={v!r} is not one of: {', '.join(allowed)}")
+
+
+def _section(obj) -> str:
+    return _SECTIONS[type(obj).__name__]

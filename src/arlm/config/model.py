@@ -1,0 +1,257 @@
+"""The model section: shape and architecture options of the one decoder-only transformer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .checks import ConfigError, _choice, _positive
+
+NORMS = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm")
+POS_EMBS = ("absolute", "rotary", "scaled_sinusoidal", "none")
+POS_BIASES = ("none", "alibi", "t5", "dynamic")
+FF_ACTIVATIONS = ("gelu", "swish", "relu_squared")
+
+@dataclass
+class ModelConfig:
+    """Decoder-only transformer shape and options.
+
+    Every option is a plain value so the config round-trips through YAML. docs/options.md lists
+    what each option does, the paper it comes from and its x-transformers keyword.
+    """
+
+    vocab_size: int = 256
+    max_seq_len: int = 256
+    dim: int = 256
+    depth: int = 4
+    heads: int = 4
+    dim_head: int | None = None  # None: dim // heads
+    kv_heads: int | None = None  # None: heads (multi-head); 1: multi-query; else grouped-query
+    ff_mult: float = 4.0
+    ff_glu: bool = False
+    ff_activation: str = "gelu"
+    ff_bias: bool = True  # False: no biases in the feed-forward (a GLU input projection keeps its bias, as x-transformers)
+    ff_post_act_ln: bool = False
+    norm: str = "layernorm"
+    pos_emb: str = "absolute"
+    rotary_dim: int | None = None  # None: dim_head // 2, as x-transformers
+    rotary_base: float = 10000.0
+    rotary_xpos: bool = False
+    rotary_xpos_scale_base: float = 512.0
+    rotary_interpolation_factor: float = 1.0
+    rotary_base_rescale_factor: float = 1.0
+    pos_bias: str = "none"  # additive attention bias: none | alibi | t5 | dynamic
+    alibi_num_heads: int | None = None  # None: every head
+    rel_pos_num_buckets: int = 32
+    rel_pos_max_distance: int = 128
+    dynamic_pos_bias_log_distance: bool = False
+    dynamic_pos_bias_mlp_depth: int = 2
+    qk_norm: bool = False
+    qk_norm_scale: float = 10.0
+    max_attend_past: int | None = None  # sliding window: a query sees at most this many earlier positions
+    attn_softclamp_logits: bool = False
+    attn_logit_softclamp_value: float = 50.0
+    attn_gate_values: bool = False
+    attn_head_scale: bool = False
+    attn_num_mem_kv: int = 0
+    attn_add_zero_kv: bool = False
+    attn_on_attn: bool = False
+    attn_pre_talking_heads: bool = False
+    attn_post_talking_heads: bool = False
+    attn_sparse_topk: int | None = None
+    residual_attn: bool = False
+    add_value_residual: bool = False
+    pre_norm: bool = True
+    sandwich_norm: bool = False
+    gate_residual: bool = False
+    scale_residual: bool = False
+    zero_init_branch_output: bool = False
+    softclamp_output: bool = False
+    softclamp_output_value: float = 30.0
+    shift_tokens: int = 0
+    layers: str | None = None  # custom layer pattern of 'a' (attention) and 'f' (feed-forward); overrides depth
+    macaron: bool = False
+    par_ratio: int | None = None
+    sandwich_coef: int | None = None
+    weight_tie_layers: bool = False
+    l2norm_embed: bool = False
+    post_emb_norm: bool = False
+    num_memory_tokens: int = 0
+    tie_embedding: bool = False
+    emb_dropout: float = 0.0
+    attn_dropout: float = 0.0
+    ff_dropout: float = 0.0
+    layer_dropout: float = 0.0
+    vocab_pad_multiple: int = 1  # pad the embedding/logit rows (never the sampled vocabulary)
+    init_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim_head if self.dim_head is not None else self.dim // self.heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.kv_heads if self.kv_heads is not None else self.heads
+
+    @property
+    def padded_vocab(self) -> int:
+        m = self.vocab_pad_multiple
+        return ((self.vocab_size + m - 1) // m) * m
+
+    @property
+    def rotary_emb_dim(self) -> int:
+        return self.rotary_dim if self.rotary_dim is not None else self.head_dim // 2
+
+    @property
+    def ff_inner_dim(self) -> int:
+        return int(self.dim * self.ff_mult)
+
+    @property
+    def layer_types(self) -> str:
+        """The sublayer pattern, one letter per residual branch: 'a' attention, 'f' feed-forward.
+
+        Weight-tied layers list the shared block once (``execute_order`` repeats it)."""
+        block = "faf" if self.macaron else "af"
+        if self.layers is not None:
+            return self.layers
+        if self.par_ratio is not None:
+            # PAR layout (Mandava et al. 2020, "Pay Attention when Required"): attention only in
+            # the first two thirds of the stack, par_ratio sublayers per attention layer.
+            n = self.depth * len(block)
+            n_attn = n // self.par_ratio
+            cut = n * 2 // 3
+            width = (cut + cut // n_attn) // n_attn
+            head = ("a" + "f" * (width - 1)) * n_attn
+            return head + "f" * (n - len(head))
+        if self.sandwich_coef is not None:
+            # sandwich transformer (Press et al. 2020): c attention layers first, c feed-forwards last
+            c = self.sandwich_coef
+            return "a" * c + block * (self.depth - c) + "f" * c
+        if self.weight_tie_layers:
+            return block
+        return block * self.depth
+
+    @property
+    def execute_order(self) -> tuple[int, ...]:
+        """Indices into ``layer_types`` in the order the sublayers run."""
+        n = len(self.layer_types)
+        return tuple(range(n)) * (self.depth if self.weight_tie_layers else 1)
+
+    @property
+    def n_attn_calls(self) -> int:
+        """Attention sublayers run per forward (the KV cache holds one layer for each)."""
+        types = self.layer_types
+        return sum(types[i] == "a" for i in self.execute_order)
+
+    @property
+    def needs_scores(self) -> bool:
+        """Options that need the attention scores themselves, so fused SDPA cannot run them."""
+        return (self.attn_softclamp_logits or self.attn_pre_talking_heads or self.attn_post_talking_heads
+                or self.attn_sparse_topk is not None or self.residual_attn)
+
+    def validate(self) -> None:
+        _positive(self, "vocab_size", "max_seq_len", "dim", "depth", "heads", "vocab_pad_multiple")
+        if self.dim_head is not None:
+            _positive(self, "dim_head")
+        elif self.dim % self.heads:
+            raise ConfigError(
+                f"model.dim={self.dim} is not divisible by model.heads={self.heads}; "
+                "choose heads that divide dim or set model.dim_head explicitly"
+            )
+        if self.kv_heads is not None:
+            _positive(self, "kv_heads")
+            if self.heads % self.kv_heads:
+                raise ConfigError(
+                    f"model.heads={self.heads} is not divisible by model.kv_heads={self.kv_heads}; "
+                    "kv_heads must divide heads (1 = multi-query, heads = multi-head)"
+                )
+        if self.ff_mult <= 0:
+            raise ConfigError(f"model.ff_mult must be > 0, got {self.ff_mult}")
+        _choice(self, "norm", NORMS)
+        _choice(self, "pos_emb", POS_EMBS)
+        _choice(self, "pos_bias", POS_BIASES)
+        _choice(self, "ff_activation", FF_ACTIVATIONS)
+        if self.pos_emb == "rotary":
+            r = self.rotary_emb_dim
+            if r < 2 or r % 2 or r > self.head_dim:
+                raise ConfigError(
+                    f"model.rotary_dim={r} must be even, >= 2 and <= the head size {self.head_dim}"
+                )
+            if self.rotary_base <= 0:
+                raise ConfigError(f"model.rotary_base must be > 0, got {self.rotary_base}")
+            if self.rotary_interpolation_factor < 1:
+                raise ConfigError(f"model.rotary_interpolation_factor must be >= 1, got {self.rotary_interpolation_factor}")
+            if self.rotary_base_rescale_factor <= 0:
+                raise ConfigError(f"model.rotary_base_rescale_factor must be > 0, got {self.rotary_base_rescale_factor}")
+            if self.rotary_base_rescale_factor != 1 and r == 2:
+                raise ConfigError("model.rotary_base_rescale_factor needs a rotary size > 2 (it rescales by r/(r-2))")
+            if self.rotary_xpos_scale_base <= 0:
+                raise ConfigError(f"model.rotary_xpos_scale_base must be > 0, got {self.rotary_xpos_scale_base}")
+        else:
+            for name, default in (("rotary_xpos", False), ("rotary_interpolation_factor", 1.0),
+                                  ("rotary_base_rescale_factor", 1.0)):
+                if getattr(self, name) != default:
+                    raise ConfigError(f"model.{name} needs model.pos_emb=rotary (it is {self.pos_emb!r})")
+        if self.pos_emb == "scaled_sinusoidal" and self.dim % 2:
+            raise ConfigError(f"model.pos_emb=scaled_sinusoidal needs an even model.dim, got {self.dim}")
+        if self.alibi_num_heads is not None:
+            if self.pos_bias != "alibi":
+                raise ConfigError("model.alibi_num_heads needs model.pos_bias=alibi")
+            if not (isinstance(self.alibi_num_heads, int) and 1 <= self.alibi_num_heads <= self.heads):
+                raise ConfigError(f"model.alibi_num_heads must be in [1, heads={self.heads}], got {self.alibi_num_heads}")
+        if self.pos_bias == "t5":
+            _positive(self, "rel_pos_num_buckets", "rel_pos_max_distance")
+            if self.rel_pos_num_buckets > self.rel_pos_max_distance or self.rel_pos_num_buckets < 2:
+                raise ConfigError(
+                    f"model.rel_pos_num_buckets={self.rel_pos_num_buckets} must be >= 2 and <= "
+                    f"model.rel_pos_max_distance={self.rel_pos_max_distance}"
+                )
+        if self.pos_bias == "dynamic":
+            _positive(self, "dynamic_pos_bias_mlp_depth")
+            if self.dim < 4:
+                raise ConfigError("model.pos_bias=dynamic needs model.dim >= 4 (its MLP is dim // 4 wide)")
+        if self.max_attend_past is not None and (not isinstance(self.max_attend_past, int) or self.max_attend_past < 0):
+            raise ConfigError(f"model.max_attend_past must be an integer >= 0 or null, got {self.max_attend_past!r}")
+        if self.attn_sparse_topk is not None:
+            _positive(self, "attn_sparse_topk")
+        for name in ("attn_num_mem_kv", "num_memory_tokens", "shift_tokens"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"model.{name} must be an integer >= 0, got {v!r}")
+        if self.shift_tokens + 1 > self.dim:
+            raise ConfigError(f"model.shift_tokens={self.shift_tokens} needs model.dim >= shift_tokens + 1")
+        if self.shift_tokens and self.num_memory_tokens:
+            raise ConfigError("model.shift_tokens and model.num_memory_tokens cannot be combined: a shifted "
+                              "memory token would have to stand in for the padding of a left-padded row")
+        for name in ("attn_logit_softclamp_value", "softclamp_output_value", "qk_norm_scale"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")
+        if self.sandwich_norm and not self.pre_norm:
+            raise ConfigError("model.sandwich_norm needs model.pre_norm=true (it normalises the pre-norm branch output)")
+        self._validate_layout()
+        for name in ("emb_dropout", "attn_dropout", "ff_dropout", "layer_dropout"):
+            v = getattr(self, name)
+            if not (0.0 <= v < 1.0):
+                raise ConfigError(f"model.{name} must be in [0, 1), got {v}")
+        if self.init_std <= 0:
+            raise ConfigError(f"model.init_std must be > 0, got {self.init_std}")
+
+    def _validate_layout(self) -> None:
+        chosen = [n for n in ("layers", "par_ratio", "sandwich_coef") if getattr(self, n) is not None]
+        if self.weight_tie_layers:
+            chosen.append("weight_tie_layers")
+        if len(chosen) > 1:
+            raise ConfigError(f"choose one layer layout, got {', '.join('model.' + n for n in chosen)}")
+        if self.layers is not None:
+            if not self.layers or set(self.layers) - {"a", "f"}:
+                raise ConfigError(f"model.layers must be a non-empty string of 'a' (attention) and 'f' "
+                                  f"(feed-forward), got {self.layers!r}")
+        if self.par_ratio is not None:
+            n = self.depth * (3 if self.macaron else 2)
+            if not (isinstance(self.par_ratio, int) and 1 < self.par_ratio <= n):
+                raise ConfigError(f"model.par_ratio must be an integer in (1, {n}] for this depth, got {self.par_ratio!r}")
+            cut = n * 2 // 3
+            n_attn = n // self.par_ratio
+            if (cut + cut // n_attn) // n_attn < 1:
+                raise ConfigError(f"model.par_ratio={self.par_ratio} leaves no room for attention at depth {self.depth}")
+        if self.sandwich_coef is not None and not (isinstance(self.sandwich_coef, int) and 1 <= self.sandwich_coef <= self.depth):
+            raise ConfigError(f"model.sandwich_coef must be an integer in [1, depth={self.depth}], got {self.sandwich_coef!r}")
