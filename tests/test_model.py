@@ -166,16 +166,17 @@ def test_kv_cache_layout_and_reorder():
     model = make("rotary-gqa")
     cache = model.new_cache(3, 16)
     assert isinstance(cache, KVCache)
-    assert cache.k.shape == (2, 3, 2, 16, 8) and cache.v.shape == cache.k.shape  # (L, B, K, S, D)
+    assert len(cache.k) == len(cache.v) == 2  # one tensor per attention call
+    assert all(t.shape == (3, 2, 16, 8) for t in cache.tensors())  # (B, K, S, D)
     assert cache.max_len == 16 and cache.batch_size == 3
     k0, v0 = cache.layer(0)
     assert k0.shape == (3, 2, 16, 8)
     x = ids(3, 6)
     with torch.no_grad():
         model(x, input_pos=torch.arange(6), cache=cache)
-        full_rows = cache.k.clone()
+        full_rows = [t.clone() for t in cache.k]
         cache.reorder(torch.tensor([2, 0]))
-    assert torch.equal(cache.k, full_rows[:, [2, 0]])
+    assert all(torch.equal(a, b[[2, 0]]) for a, b in zip(cache.k, full_rows))
     with pytest.raises(ValueError, match="max_seq_len"):
         model.new_cache(1, 25)
     with pytest.raises(ValueError, match="input_pos"):

@@ -103,8 +103,8 @@ def compiled_step(model, batch: int):
     key = (batch, p.device, p.dtype)
     if key not in per_model:
         cache = model.new_cache(batch, model.cfg.max_seq_len)
-        torch._dynamo.mark_static_address(cache.k)
-        torch._dynamo.mark_static_address(cache.v)
+        for t in cache.tensors():
+            torch._dynamo.mark_static_address(t)
         mode = "reduce-overhead" if p.device.type == "cuda" else None
         per_model[key] = (cache, torch.compile(model, mode=mode, fullgraph=True, dynamic=False))
     return per_model[key]

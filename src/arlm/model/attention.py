@@ -22,42 +22,53 @@ from .positional import apply_rotary
 
 
 class KVCache:
-    """Keys and values for every attention call, preallocated: k, v are (L, B, K, S, D).
+    """Keys and values for every attention call, preallocated: k, v are lists of L tensors
+    (B, K, S, D), one per attention call. Separate tensors (not views of one stacked tensor)
+    let a compiled step write each in place; a stacked cache compiles into a copy of the whole
+    cache per layer per step.
 
-    ``layer(i)`` gives that layer's (k, v) views; attention writes new keys at their slots.
+    ``layer(i)`` gives that layer's (k, v); attention writes new keys at their slots.
     Leading slots are reserved: first ``kv_prefix`` for memory/zero key-values (so decoding
     never concatenates), then ``prefix`` for the model's memory tokens; both are 0 unless those
-    options are on. ``shift`` (N, B, prefix + max_len, F) keeps earlier tokens' features for
-    token shifting (None unless ``shift_tokens``). ``max_len`` counts token slots only.
+    options are on. ``shift`` (N tensors (B, prefix + max_len, F)) keeps earlier tokens'
+    features for token shifting (None unless ``shift_tokens``). ``max_len`` counts token slots only.
     """
 
     def __init__(self, depth: int, batch: int, kv_heads: int, max_len: int, head_dim: int,
                  device=None, dtype=torch.float32, prefix: int = 0, shift_layers: int = 0, shift_dim: int = 0,
                  kv_prefix: int = 0):
-        shape = (depth, batch, kv_heads, kv_prefix + prefix + max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch, kv_heads, kv_prefix + prefix + max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
         self.prefix, self.kv_prefix = prefix, kv_prefix
-        self.shift = (torch.zeros(shift_layers, batch, prefix + max_len, shift_dim, device=device, dtype=dtype)
-                      if shift_layers else None)
+        self.shift = ([torch.zeros(batch, prefix + max_len, shift_dim, device=device, dtype=dtype)
+                       for _ in range(shift_layers)] if shift_layers else None)
 
     @property
     def batch_size(self) -> int:
-        return self.k.shape[1]
+        return self.k[0].shape[0]
+
+    @property
+    def slots(self) -> int:
+        """All slots per layer: kv_prefix + prefix + max_len."""
+        return self.k[0].shape[2]
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3] - self.kv_prefix - self.prefix
+        return self.slots - self.kv_prefix - self.prefix
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.k, *self.v, *(self.shift or [])]
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[i], self.v[i]
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows ``index`` (beam search, dropping finished rows)."""
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
+        self.k = [t.index_select(0, index) for t in self.k]
+        self.v = [t.index_select(0, index) for t in self.v]
         if self.shift is not None:
-            self.shift = self.shift.index_select(1, index)
+            self.shift = [t.index_select(0, index) for t in self.shift]
 
 
 class Context:

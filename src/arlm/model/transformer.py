@@ -242,7 +242,7 @@ class Transformer(nn.Module):
             return ctx  # fused causal SDPA, nothing materialised
         ctx.causal = False
         device = slots.device
-        S = cache.k.shape[3] - P if cache is not None else slots.shape[0]  # key rows after the P prefix columns
+        S = cache.slots - P if cache is not None else slots.shape[0]  # key rows after the P prefix columns
         kslots = torch.arange(S, device=device) if cache is not None else slots  # (S,)
         visible = (kslots[None, :] <= slots[:, None])[None]  # (1, T, S)
         if start is not None:
