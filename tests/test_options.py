@@ -110,11 +110,15 @@ def test_causal_and_cache_exact(name):
             y = x.clone()
             y[:, t] = (y[:, t] + 1) % V
             assert torch.equal(net(y)[:, :t], full[:, :t]), f"{name}: token {t} changed earlier logits"
-        cache = net.new_cache(2, SEQ)
-        steps = [net(x[:, :6], input_pos=torch.arange(6), cache=cache)]
-        for t in range(6, 16):
-            steps.append(net(x[:, t:t + 1], input_pos=torch.tensor([t]), cache=cache))
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+        for read_used_slots in (False, True):  # whole cache (static shapes) or only the slots in use
+            kv = (lambda end: end) if read_used_slots else (lambda end: None)
+            cache = net.new_cache(2, SEQ)
+            steps = [net(x[:, :6], input_pos=torch.arange(6), cache=cache, kv_len=kv(6))]
+            for t in range(6, 13):
+                steps.append(net(x[:, t:t + 1], input_pos=torch.tensor([t]), cache=cache, kv_len=kv(t + 1)))
+            # a multi-token step at a later slot (speculative decoding verifies drafts this way)
+            steps.append(net(x[:, 13:16], input_pos=torch.arange(13, 16), cache=cache, kv_len=kv(16)))
+            torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", OPTIONS)
@@ -130,6 +134,10 @@ def test_left_padded_rows_equal_solo_rows(name):
         nxt = tokens(2, 1, seed=4)
         step = net(nxt, input_pos=torch.tensor([11]), cache=cache, start=start)
         solo = net(torch.cat((short, nxt[0]))[None])[0, -1]
+        torch.testing.assert_close(step[0, -1], solo, atol=1e-5, rtol=0)
+        cache = net.new_cache(2, SEQ)  # again, reading only the slots in use
+        net(batch, input_pos=torch.arange(11), cache=cache, start=start, kv_len=11)
+        step = net(nxt, input_pos=torch.tensor([11]), cache=cache, start=start, kv_len=12)
         torch.testing.assert_close(step[0, -1], solo, atol=1e-5, rtol=0)
 
 

@@ -19,7 +19,7 @@ def _norm(score: float, length: int, length_penalty: float) -> float:
     return score / (max(length, 1) ** length_penalty)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(model, ids: torch.Tensor, start: torch.Tensor | None, seq_len: int, *, beams: int = 4,
                 eos_token: int | None = None, length_penalty: float = 1.0, stochastic: bool = False,
                 temperature: float = 1.0, pad_value: int = 0, generator: torch.Generator | None = None,

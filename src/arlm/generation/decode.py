@@ -121,7 +121,7 @@ class Stepper:
     def __init__(self, model, batch: int, start: torch.Tensor | None, cache_kv: bool = True, compile: bool = False):
         self.model, self.start, self.cache_kv = model, start, cache_kv
         self.S = model.cfg.max_seq_len
-        self.step_fn = model
+        self.step_fn, self.compiled = model, compile
         if compile:
             if not cache_kv:
                 raise ValueError("compile=True compiles the cached decode step; it needs cache_kv=True")
@@ -147,10 +147,13 @@ class Stepper:
             self.seen = self.offset
         pos = torch.arange(self.seen - self.offset, total - self.offset, device=dev)
         ids = hist[:, self.seen:total]
-        if total - self.seen == 1:  # one-token steps have static shapes (contiguous: strides too)
-            out = self.step_fn(ids.clone(memory_format=torch.contiguous_format), input_pos=pos, cache=self.cache, start=self._start(self.offset))
-        else:
-            out = self.model(ids, input_pos=pos, cache=self.cache, start=self._start(self.offset))
+        start = self._start(self.offset)
+        if self.compiled and total - self.seen == 1:
+            # one-token steps have static shapes: the whole cache, contiguous ids (strides too)
+            out = self.step_fn(ids.clone(memory_format=torch.contiguous_format), input_pos=pos, cache=self.cache,
+                               start=start)
+        else:  # eager: attention reads only the slots in use
+            out = self.model(ids, input_pos=pos, cache=self.cache, start=start, kv_len=total - self.offset)
         self.seen = total
         return out if all_positions else out[:, -1]
 
@@ -158,7 +161,7 @@ class Stepper:
         self.seen = min(self.seen, total)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def stream_tokens(model, ids: torch.Tensor, start: torch.Tensor | None, max_new_tokens: int, *,
                   temperature: float = 1.0, filter_fn: Callable = identity, filter_kwargs: dict | None = None,
                   eos_token: int | None = None, pad_value: int = 0, cache_kv: bool = True,

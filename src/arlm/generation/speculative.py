@@ -21,7 +21,7 @@ from .decode import Stepper, filtered_probs
 from .filters import identity
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def speculative_tokens(model, draft_model, ids: torch.Tensor, start: torch.Tensor | None, max_new_tokens: int, *,
                        num_draft_tokens: int = 4, temperature: float = 1.0, filter_fn: Callable = identity,
                        filter_kwargs: dict | None = None, generator: torch.Generator | None = None,

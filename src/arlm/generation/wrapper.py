@@ -169,7 +169,7 @@ class AutoregressiveWrapper(nn.Module):
             for m, t in zip((self.net, *models), was_training):
                 m.train(t)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, prompts, seq_len: int, eos_token: int | None = None, temperature: float = 1.0,
                  prompt_lens: torch.Tensor | None = None, filter_logits_fn: str | Callable | None = top_k,
                  restrict_to_max_seq_len: bool = True, filter_kwargs: dict | None = None,
@@ -207,7 +207,7 @@ class AutoregressiveWrapper(nn.Module):
                 out = out[:, : int(all_ended.float().argmax()) + 1]
         return out[0] if was_1d else out
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def beam_search(self, prompts, seq_len: int, beams: int = 4, return_beams_and_scores: bool = False,
                     eos_token: int | None = None, length_penalty: float = 1.0, stochastic: bool = False,
                     temperature: float = 1.0, prompt_lens: torch.Tensor | None = None, cache_kv: bool = True,

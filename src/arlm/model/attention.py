@@ -85,7 +85,7 @@ class Context:
     """
 
     __slots__ = ("rope", "slots", "kv_slots", "causal", "mask", "visible", "bias", "pad", "cache", "steps",
-                 "first_attn_step", "scores", "values", "z_lse")
+                 "first_attn_step", "scores", "values", "z_lse", "kv_end")
 
     def __init__(self, steps, first_attn_step: int, rope=None, slots=None, kv_slots=None, pad=None, cache=None):
         self.steps, self.first_attn_step = steps, first_attn_step
@@ -94,6 +94,7 @@ class Context:
         self.scores: dict[int, torch.Tensor] = {}
         self.values = None
         self.z_lse: list[torch.Tensor] | None = None  # per-layer attention log-sum-exp, for the z-loss
+        self.kv_end: int | None = None  # read cache slots [0, kv_end) only (None: all of them)
 
     def kv(self, step: int):
         if self.cache is None:
@@ -165,6 +166,8 @@ class Attention(nn.Module):
                 v_cache[:, :, :P] = pv
             k_cache.index_copy_(2, ctx.kv_slots, k.to(k_cache.dtype))
             v_cache.index_copy_(2, ctx.kv_slots, v.to(v_cache.dtype))
+            if ctx.kv_end is not None:
+                k_cache, v_cache = k_cache[:, :, :ctx.kv_end], v_cache[:, :, :ctx.kv_end]
             k, v = k_cache.to(q.dtype), v_cache.to(q.dtype)
         elif P:
             pk, pv = self._prefix_kv(B, k.dtype)

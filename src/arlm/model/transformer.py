@@ -161,13 +161,16 @@ class Transformer(nn.Module):
     def forward(self, ids: torch.Tensor, input_pos: torch.Tensor | None = None,
                 cache: KVCache | None = None, start: torch.Tensor | None = None,
                 key_mask: torch.Tensor | None = None, return_embeddings: bool = False,
-                return_attn_z_loss: bool = False, attn_z_loss_weight: float = 1e-4):
+                return_attn_z_loss: bool = False, attn_z_loss_weight: float = 1e-4, kv_len: int | None = None):
         """ids (B, T) -> logits (B, T, V), or final embeddings (B, T, C).
 
         input_pos: (T,) slots of these tokens (default 0..T-1); required with ``cache``.
         start: (B,) first real slot per row (left padding); None means 0 for every row.
         key_mask: (B, T) booleans, False hides that token from later queries (no cache only;
         used by Forgetful Causal Masking). Each token always sees itself.
+        kv_len: with ``cache``, the number of token slots in use after this step (the last
+        input_pos + 1, a Python int): attention then reads only those slots instead of the whole
+        preallocated cache (eager decoding; leave None for static shapes when compiling).
         return_attn_z_loss: also return the attention z-loss (ST-MoE, Zoph et al. 2022; PaLM):
         the log-sum-exp of every query's attention logits summed over layers, squared, summed
         over heads, averaged over rows and positions, times ``attn_z_loss_weight`` (the
@@ -200,7 +203,7 @@ class Transformer(nn.Module):
             slots = torch.cat((mem, input_pos + M))
             positions = (torch.cat((mem, positions + M)) if positions.dim() == 1
                          else torch.cat((mem[None].expand(B, -1), positions + M), dim=1))
-        ctx = self._context(slots, positions, start, cache, key_mask)
+        ctx = self._context(slots, positions, start, cache, key_mask, kv_len)
         if return_attn_z_loss:
             ctx.z_lse = []
         for step, i in enumerate(self.order):
@@ -226,7 +229,7 @@ class Transformer(nn.Module):
             logits = logits[..., : self.cfg.vocab_size]
         return logits
 
-    def _context(self, slots, positions, start, cache, key_mask) -> Context:
+    def _context(self, slots, positions, start, cache, key_mask, kv_len=None) -> Context:
         """Everything the layers share: rotary tables, the mask (or the causal fast path), the
         position bias, and the left-padding rows. slots (T,) are internal rows incl. memory;
         positions (T,) | (B, T) count from each row's first real token (memory first)."""
@@ -240,9 +243,17 @@ class Transformer(nn.Module):
                       kv_slots=slots + P if P else slots, pad=pad, cache=cache)
         if not (self.needs_mask or cache is not None or start is not None or key_mask is not None):
             return ctx  # fused causal SDPA, nothing materialised
+        S = cache.slots - P if cache is not None else slots.shape[0]  # key rows after the P prefix columns
+        if cache is not None and kv_len is not None:
+            S = M + kv_len  # read only the slots in use
+            ctx.kv_end = P + S
+            T = slots.shape[0]
+            if not (self.needs_mask or start is not None) and (T == 1 or T == S):
+                # one new token sees every slot in use; a prefill from slot 0 is plain causal
+                ctx.causal = T > 1
+                return ctx
         ctx.causal = False
         device = slots.device
-        S = cache.slots - P if cache is not None else slots.shape[0]  # key rows after the P prefix columns
         kslots = torch.arange(S, device=device) if cache is not None else slots  # (S,)
         visible = (kslots[None, :] <= slots[:, None])[None]  # (1, T, S)
         if start is not None:
