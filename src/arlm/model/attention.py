@@ -153,9 +153,8 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         if ctx.rope is not None:
-            cos, sin, *xscale = ctx.rope
-            xs = xscale[0] if xscale else None
-            q, k = apply_rotary(q, cos, sin, xs), apply_rotary(k, cos, sin, xs, inverse_scale=True)
+            cis, xs = ctx.rope
+            q, k = apply_rotary(q, cis, xs), apply_rotary(k, cis, xs, inverse_scale=True)
         kv = ctx.kv(step)
         P = self.kv_prefix
         if kv is not None:

@@ -59,8 +59,9 @@ class Rotary(nn.Module):
     fixed position (half the table) rather than on the current input, so a cached decode step and
     a full forward use the same numbers.
 
-    The cos/sin table covers ``max_positions`` positions and is indexed by position, so cached
-    decoding and ragged batches (per-row positions) cost nothing extra."""
+    The table of unit complex numbers e^(i * angle) covers ``max_positions`` positions and is
+    indexed by position, so cached decoding and ragged batches (per-row positions) cost nothing
+    extra; each rotation is one complex multiply."""
 
     def __init__(self, rot_dim: int, max_positions: int, base: float = 10000.0, interpolation_factor: float = 1.0,
                  base_rescale_factor: float = 1.0, xpos: bool = False, xpos_scale_base: float = 512.0):
@@ -71,38 +72,36 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (base ** (torch.arange(0, rot_dim, 2, dtype=torch.float32) / rot_dim))
         t = torch.arange(max_positions, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq) / interpolation_factor  # (P, R/2)
-        self.register_buffer("cos", freqs.cos(), persistent=False)
-        self.register_buffer("sin", freqs.sin(), persistent=False)
+        self.register_buffer("cis", torch.polar(torch.ones_like(freqs), freqs), persistent=False)  # (P, R/2) complex
         self.xpos = xpos
         if xpos:
             decay = (torch.arange(0, rot_dim, 2, dtype=torch.float32) + 0.4 * rot_dim) / (1.4 * rot_dim)  # (R/2,)
             power = (t - max_positions // 2) / xpos_scale_base  # (P,)
             self.register_buffer("xscale", decay[None, :] ** power[:, None], persistent=False)  # (P, R/2)
 
-    def table(self, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(cos, sin) or, with xPos, (cos, sin, scale) for positions (T,) -> (1, 1, T, R/2) or
-        (B, T) -> (B, 1, T, R/2)."""
-        out = (self.cos[positions], self.sin[positions])
-        if self.xpos:
-            out = out + (self.xscale[positions],)
+    def table(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(rotation, xPos scale or None) for positions (T,) -> (1, 1, T, R/2) or (B, T) -> (B, 1, T, R/2)."""
+        cis = self.cis[positions]
+        scale = self.xscale[positions] if self.xpos else None
         if positions.dim() == 1:
-            return tuple(t[None, None] for t in out)
-        return tuple(t[:, None] for t in out)
+            return cis[None, None], (scale[None, None] if scale is not None else None)
+        return cis[:, None], (scale[:, None] if scale is not None else None)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: torch.Tensor | None = None,
+def apply_rotary(x: torch.Tensor, cis: torch.Tensor, scale: torch.Tensor | None = None,
                  inverse_scale: bool = False) -> torch.Tensor:
-    """Rotate the first R dims of x (B, H, T, D) in adjacent pairs; the rest pass through.
-    ``scale`` (xPos) multiplies the rotated pairs, or divides them with ``inverse_scale`` (keys)."""
-    r = cos.shape[-1] * 2
+    """Rotate the first R dims of x (B, H, T, D) in adjacent pairs (x[2i] + i x[2i+1]) times
+    ``cis`` (..., T, R/2); the rest pass through. ``scale`` (xPos) multiplies the rotated pairs,
+    or divides them with ``inverse_scale`` (keys)."""
+    r = cis.shape[-1] * 2
     rot, rest = x[..., :r], x[..., r:]
-    pairs = rot.float().unflatten(-1, (-1, 2))  # (B, H, T, R/2, 2)
-    x1, x2 = pairs.unbind(-1)
-    y1, y2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+    pairs = rot.float()
+    if pairs.stride(-1) != 1 or any(st % 2 for st in pairs.stride()[:-1]):
+        pairs = pairs.contiguous()
+    z = torch.view_as_complex(pairs.unflatten(-1, (-1, 2))) * cis  # (B, H, T, R/2) complex
     if scale is not None:
-        scale = scale.reciprocal() if inverse_scale else scale
-        y1, y2 = y1 * scale, y2 * scale
-    out = torch.stack((y1, y2), dim=-1).flatten(-2).to(x.dtype)
+        z = z * (scale.reciprocal() if inverse_scale else scale)
+    out = torch.view_as_real(z).flatten(-2).to(x.dtype)
     return out if rest.shape[-1] == 0 else torch.cat((out, rest), dim=-1)
 
 
