@@ -144,17 +144,21 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
         H, K, D = self.heads, self.kv_heads, self.head_dim
-        q, k, v = self.qkv(x).split((H * D, K * D, K * D), dim=-1)
-        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
+        qk, v = self.qkv(x).split(((H + K) * D, K * D), dim=-1)
+        qk = qk.view(B, T, H + K, D)  # queries and keys side by side: norm and rotate them at once
+        if self.qk_norm:
+            qk = F.normalize(qk, dim=-1)
+        if ctx.rope is not None:
+            cis, xs = ctx.rope
+            if xs is None:
+                qk = apply_rotary(qk, cis)
+            else:  # xPos scales queries up and keys down
+                qk = torch.cat((apply_rotary(qk[:, :, :H], cis, xs), apply_rotary(qk[:, :, H:], cis, xs, True)), dim=2)
+        q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, D)
+        k = qk[:, :, H:].transpose(1, 2)  # (B, K, T, D)
         v = v.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
         if self.value_residual:
             v = self._mix_values(x, v, ctx, step)
-        if self.qk_norm:
-            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        if ctx.rope is not None:
-            cis, xs = ctx.rope
-            q, k = apply_rotary(q, cis, xs), apply_rotary(k, cis, xs, inverse_scale=True)
         kv = ctx.kv(step)
         P = self.kv_prefix
         if kv is not None:

@@ -64,7 +64,8 @@ class Rotary(nn.Module):
     extra; each rotation is one complex multiply."""
 
     def __init__(self, rot_dim: int, max_positions: int, base: float = 10000.0, interpolation_factor: float = 1.0,
-                 base_rescale_factor: float = 1.0, xpos: bool = False, xpos_scale_base: float = 512.0):
+                 base_rescale_factor: float = 1.0, xpos: bool = False, xpos_scale_base: float = 512.0,
+                 head_dim: int | None = None):
         super().__init__()
         self.rot_dim = rot_dim
         if base_rescale_factor != 1.0:
@@ -72,37 +73,39 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (base ** (torch.arange(0, rot_dim, 2, dtype=torch.float32) / rot_dim))
         t = torch.arange(max_positions, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq) / interpolation_factor  # (P, R/2)
-        self.register_buffer("cis", torch.polar(torch.ones_like(freqs), freqs), persistent=False)  # (P, R/2) complex
+        # pass-through pairs (partial rotary) rotate by 1 + 0i, so a whole head is one multiply
+        pad = ((head_dim or rot_dim) - rot_dim) // 2
+        cis = F.pad(torch.polar(torch.ones_like(freqs), freqs), (0, pad), value=1.0)  # (P, D/2) complex
+        self.register_buffer("cis", cis, persistent=False)
         self.xpos = xpos
         if xpos:
             decay = (torch.arange(0, rot_dim, 2, dtype=torch.float32) + 0.4 * rot_dim) / (1.4 * rot_dim)  # (R/2,)
             power = (t - max_positions // 2) / xpos_scale_base  # (P,)
-            self.register_buffer("xscale", decay[None, :] ** power[:, None], persistent=False)  # (P, R/2)
+            xscale = F.pad(decay[None, :] ** power[:, None], (0, pad), value=1.0)  # (P, D/2)
+            self.register_buffer("xscale", xscale, persistent=False)
 
     def table(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(rotation, xPos scale or None) for positions (T,) -> (1, 1, T, R/2) or (B, T) -> (B, 1, T, R/2)."""
-        cis = self.cis[positions]
-        scale = self.xscale[positions] if self.xpos else None
+        """(rotation, xPos scale or None) for heads laid out (B, T, N, D): positions (T,) ->
+        (1, T, 1, D/2), (B, T) -> (B, T, 1, D/2)."""
+        cis = self.cis[positions][..., None, :]
+        scale = self.xscale[positions][..., None, :] if self.xpos else None
         if positions.dim() == 1:
-            return cis[None, None], (scale[None, None] if scale is not None else None)
-        return cis[:, None], (scale[:, None] if scale is not None else None)
+            return cis[None], (scale[None] if scale is not None else None)
+        return cis, scale
 
 
 def apply_rotary(x: torch.Tensor, cis: torch.Tensor, scale: torch.Tensor | None = None,
                  inverse_scale: bool = False) -> torch.Tensor:
-    """Rotate the first R dims of x (B, H, T, D) in adjacent pairs (x[2i] + i x[2i+1]) times
-    ``cis`` (..., T, R/2); the rest pass through. ``scale`` (xPos) multiplies the rotated pairs,
-    or divides them with ``inverse_scale`` (keys)."""
-    r = cis.shape[-1] * 2
-    rot, rest = x[..., :r], x[..., r:]
-    pairs = rot.float()
+    """Rotate x (B, T, N, D) in adjacent pairs (x[2i] + i x[2i+1]) times ``cis`` (.., T, 1, D/2);
+    pairs past the rotary dims have cis = 1. ``scale`` (xPos) multiplies the pairs, or divides
+    them with ``inverse_scale`` (keys)."""
+    pairs = x.float()
     if pairs.stride(-1) != 1 or any(st % 2 for st in pairs.stride()[:-1]):
         pairs = pairs.contiguous()
-    z = torch.view_as_complex(pairs.unflatten(-1, (-1, 2))) * cis  # (B, H, T, R/2) complex
+    z = torch.view_as_complex(pairs.unflatten(-1, (-1, 2))) * cis  # (B, T, N, D/2) complex
     if scale is not None:
         z = z * (scale.reciprocal() if inverse_scale else scale)
-    out = torch.view_as_real(z).flatten(-2).to(x.dtype)
-    return out if rest.shape[-1] == 0 else torch.cat((out, rest), dim=-1)
+    return torch.view_as_real(z).flatten(-2).to(x.dtype)
 
 
 def alibi_slopes(heads: int) -> list[float]:

@@ -58,7 +58,8 @@ class Transformer(nn.Module):
         self.rotary = None
         if cfg.pos_emb == "rotary":
             self.rotary = Rotary(cfg.rotary_emb_dim, P, cfg.rotary_base, cfg.rotary_interpolation_factor,
-                                 cfg.rotary_base_rescale_factor, cfg.rotary_xpos, cfg.rotary_xpos_scale_base)
+                                 cfg.rotary_base_rescale_factor, cfg.rotary_xpos, cfg.rotary_xpos_scale_base,
+                                 head_dim=cfg.head_dim)
         self.pos_bias = None
         if cfg.pos_bias == "alibi":
             self.pos_bias = AlibiBias(cfg.alibi_num_heads or cfg.heads, cfg.heads)
