@@ -167,11 +167,15 @@ class Attention(nn.Module):
                 pk, pv = self._prefix_kv(B, k_cache.dtype)
                 k_cache[:, :, :P] = pk
                 v_cache[:, :, :P] = pv
-            k_cache.index_copy_(2, ctx.kv_slots, k.to(k_cache.dtype))
-            v_cache.index_copy_(2, ctx.kv_slots, v.to(v_cache.dtype))
+            if k.dtype != k_cache.dtype:  # (a no-op .to still costs a dispatch per layer per token)
+                k, v = k.to(k_cache.dtype), v.to(v_cache.dtype)
+            k_cache.index_copy_(2, ctx.kv_slots, k)
+            v_cache.index_copy_(2, ctx.kv_slots, v)
             if ctx.kv_end is not None:
                 k_cache, v_cache = k_cache[:, :, :ctx.kv_end], v_cache[:, :, :ctx.kv_end]
-            k, v = k_cache.to(q.dtype), v_cache.to(q.dtype)
+            k, v = k_cache, v_cache
+            if k.dtype != q.dtype:
+                k, v = k.to(q.dtype), v.to(q.dtype)
         elif P:
             pk, pv = self._prefix_kv(B, k.dtype)
             k, v = torch.cat((pk, k), dim=2), torch.cat((pv, v), dim=2)  # (B, K, P + T, D)

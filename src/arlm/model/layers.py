@@ -83,7 +83,7 @@ class FeedForward(nn.Module):
         self.proj_in = nn.Linear(cfg.dim, inner * (2 if cfg.ff_glu else 1), bias=cfg.ff_bias or cfg.ff_glu)
         self.act = make_activation(cfg.ff_activation)
         self.post_act_norm = nn.LayerNorm(inner, bias=False) if cfg.ff_post_act_ln else None
-        self.dropout = nn.Dropout(cfg.ff_dropout)
+        self.dropout = cfg.ff_dropout
         self.proj_out = nn.Linear(inner, cfg.dim, bias=cfg.ff_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +95,9 @@ class FeedForward(nn.Module):
             h = self.act(h)
         if self.post_act_norm is not None:
             h = self.post_act_norm(h)
-        return self.proj_out(self.dropout(h))
+        if self.dropout and self.training:
+            h = F.dropout(h, self.dropout)
+        return self.proj_out(h)
 
 
 class Block(nn.Module):

@@ -194,7 +194,8 @@ class Transformer(nn.Module):
             x = x + self.pos_emb(positions)
         if self.post_emb_norm is not None:
             x = self.post_emb_norm(x)
-        x = self.emb_dropout(x)
+        if self.cfg.emb_dropout and self.training:
+            x = self.emb_dropout(x)
 
         M = self.num_memory_tokens
         slots = input_pos
