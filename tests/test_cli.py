@@ -340,3 +340,40 @@ def test_bad_sampling_options_exit_2_before_loading(argv, expected, tmp_path):
 def test_not_a_run_dir_exits_2(verb, tmp_path):
     rc, _, err = cli(verb, tmp_path, *(["--prompt", "a"] if verb == "generate" else []))
     assert rc == 2 and err.startswith("arlm: error: ") and str(tmp_path) in err, err
+
+
+def test_convert_from_x_transformers_gives_a_run_with_identical_logits(tmp_path, tiny_corpus):
+    xt = pytest.importorskip("x_transformers")
+    import torch
+    import yaml
+
+    from arlm.run import load_run
+
+    kwargs = {"num_tokens": 256, "max_seq_len": 32,
+              "attn_layers": {"dim": 32, "depth": 2, "heads": 2, "rotary_pos_emb": True, "ff_glu": True}}
+    torch.manual_seed(0)
+    ref = xt.TransformerWrapper(num_tokens=256, max_seq_len=32, attn_layers=xt.Decoder(**kwargs["attn_layers"])).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    torch.save(ref.state_dict(), tmp_path / "xt.pt")
+    (tmp_path / "xt.yaml").write_text(yaml.safe_dump(kwargs))
+    out = tmp_path / "converted"
+    rc, stdout, err = cli("convert", tmp_path / "xt.pt", "--from", "x-transformers", "--config", tmp_path / "xt.yaml",
+                          "--out", out, "--data", tiny_corpus)
+    assert rc == 0, err
+    run = load_run(out)
+    x = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(run.model(x), ref(x), atol=1e-5, rtol=0)
+    rc, text, err = cli("generate", out, "--prompt", "ab", "--max-new-tokens", "8", "--temperature", "0")
+    assert rc == 0 and text.startswith("ab"), err
+    # the converted run fine-tunes with the usual resume
+    rc, _, err = cli("train", "--out", out, "--resume", "auto", "--max-steps", "3", "--no-progress")
+    assert rc == 0, err
+    assert (out / "latest").read_text().strip() == "step-3"
+    # a mismatched config is a clear error, and nothing is overwritten
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**kwargs, "attn_layers": {"dim": 64, "depth": 2}}))
+    rc, _, err = cli("convert", tmp_path / "xt.pt", "--from", "x-transformers", "--config", tmp_path / "bad.yaml",
+                     "--out", tmp_path / "other")
+    assert rc == 2 and "does not match" in err and "Traceback" not in err
