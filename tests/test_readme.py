@@ -93,5 +93,8 @@ def test_presets_table_lists_every_preset():
     assert rows == list(PRESETS)
 
 
-def test_results_placeholder_is_present():
-    assert "## Results" in README and "<!-- results -->" in README
+def test_results_name_the_command_behind_each_figure():
+    results = README.split("## Results", 1)[1].split("\n## ", 1)[0]
+    for command in ("arlm train --preset default", "benchmarks/generate.py", "benchmarks/train.py",
+                    "benchmarks/quality.py"):
+        assert command in results
