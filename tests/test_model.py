@@ -13,14 +13,6 @@ from arlm.model import KVCache
 V = 48
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box two spinning
-    OpenMP threads per process make each step many times slower; restore the setting after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 # A few architectures that take different paths through attention: fused causal SDPA, SDPA with a
 # mask, explicit scores, and the residual/layout variants.

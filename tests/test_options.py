@@ -16,14 +16,6 @@ from arlm import AutoregressiveWrapper, Decoder, RunConfig, Transformer, Transfo
 V, SEQ = 40, 24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box two spinning
-    OpenMP threads per process make each step many times slower; restore the setting after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 BASE = dict(dim=32, depth=2, heads=2, attn_dim_head=16)
 
 OPTIONS: dict[str, tuple[dict, dict, bool]] = {

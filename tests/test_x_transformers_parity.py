@@ -19,14 +19,6 @@ from arlm.export.x_transformers import convert_state_dict  # noqa: E402
 PARITY = [name for name, (_, _, twin) in OPTIONS.items() if twin]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box two spinning
-    OpenMP threads per process make each step many times slower; restore the setting after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def reference(dec: dict, wrap: dict, seed: int):

@@ -100,11 +100,21 @@ def apply_rotary(x: torch.Tensor, cis: torch.Tensor, scale: torch.Tensor | None 
     pairs past the rotary dims have cis = 1. ``scale`` (xPos) multiplies the pairs, or divides
     them with ``inverse_scale`` (keys)."""
     pairs = x.float()
+    if scale is not None:
+        scale = scale.reciprocal() if inverse_scale else scale
+    if torch.compiler.is_compiling():
+        # inductor generates no code for complex ops: the same rotation in real arithmetic fuses
+        x1, x2 = pairs.unflatten(-1, (-1, 2)).unbind(-1)  # (B, T, N, D/2) each
+        cos, sin = cis.real, cis.imag
+        y1, y2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+        if scale is not None:
+            y1, y2 = y1 * scale, y2 * scale
+        return torch.stack((y1, y2), dim=-1).flatten(-2).to(x.dtype)
     if pairs.stride(-1) != 1 or any(st % 2 for st in pairs.stride()[:-1]):
         pairs = pairs.contiguous()
     z = torch.view_as_complex(pairs.unflatten(-1, (-1, 2))) * cis  # (B, T, N, D/2) complex
     if scale is not None:
-        z = z * (scale.reciprocal() if inverse_scale else scale)
+        z = z * scale
     return torch.view_as_real(z).flatten(-2).to(x.dtype)
 
 
