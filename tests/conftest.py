@@ -46,3 +46,20 @@ def tiny_corpus(tmp_path_factory, tiny_corpus_text) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
     path.write_text(tiny_corpus_text, encoding="utf-8")
     return path
+
+
+# Word-level corpus for the trainer, checkpoint and evaluation tests.
+TRAIN_WORDS = ("the of and to in is was for on that with as by at from it an be this are or which "
+         "model token train loss step value where when never always data run").split()
+
+
+def write_corpus(path, n_bytes=20_000, seed=0):
+    """Write about ``n_bytes`` of deterministic word-salad lines to ``path``; returns ``path``."""
+    rng = random.Random(seed)
+    lines, size = [], 0
+    while size < n_bytes:
+        line = " ".join(rng.choice(TRAIN_WORDS) for _ in range(rng.randint(4, 14))) + "."
+        lines.append(line)
+        size += len(line) + 1
+    path.write_text("\n".join(lines))
+    return path

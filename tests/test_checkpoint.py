@@ -4,7 +4,6 @@ import errno
 import hashlib
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -22,21 +21,9 @@ from arlm.training import CheckpointError, latest_checkpoint, train, verify_chec
 from arlm.training import checkpoint as ck
 from arlm.training.checkpoint import REQUIRED_FILES
 from arlm.training.metrics import read_metrics
+from conftest import write_corpus
 
-WORDS = ("the of and to in is was for on that with as by at from it an be this are or which "
-         "model token train loss step value where when never always data run").split()
 QUIET = dict(progress=False, log=lambda m: None)
-
-
-def make_corpus(path, n_bytes=20_000, seed=0):
-    rng = random.Random(seed)
-    lines, size = [], 0
-    while size < n_bytes:
-        line = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) + "."
-        lines.append(line)
-        size += len(line) + 1
-    path.write_text("\n".join(lines))
-    return path
 
 
 def tiny_cfg(corpus, model=None, **train_kw):
@@ -63,7 +50,7 @@ def one_thread():
 
 @pytest.fixture
 def corpus(tmp_path):
-    return make_corpus(tmp_path / "corpus.txt")
+    return write_corpus(tmp_path / "corpus.txt")
 
 
 def losses(run_dir):

@@ -1,7 +1,6 @@
 """Evaluation (loss, bits per byte, perplexity) and opening run folders with load_run."""
 
 import math
-import random
 
 import numpy as np
 import pytest
@@ -15,21 +14,9 @@ from arlm.model import Transformer
 from arlm.run import RunError, load_run
 from arlm.training import train
 from arlm.training.metrics import read_metrics
+from conftest import write_corpus
 
-WORDS = ("the of and to in is was for on that with as by at from it an be this are or which "
-         "model token train loss step value where when never always data run").split()
 QUIET = dict(progress=False, log=lambda m: None)
-
-
-def make_corpus(path, n_bytes=20_000, seed=0):
-    rng = random.Random(seed)
-    lines, size = [], 0
-    while size < n_bytes:
-        line = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) + "."
-        lines.append(line)
-        size += len(line) + 1
-    path.write_text("\n".join(lines))
-    return path
 
 
 def tiny_cfg(corpus, data=None, **train_kw):
@@ -52,7 +39,7 @@ def one_thread():
 
 @pytest.fixture
 def corpus(tmp_path):
-    return make_corpus(tmp_path / "corpus.txt")
+    return write_corpus(tmp_path / "corpus.txt")
 
 
 @pytest.fixture
@@ -101,7 +88,7 @@ def test_evaluate_run_on_a_file_uses_all_of_it(tmp_path, corpus):
     out = tmp_path / "bpe"
     train(tiny_cfg(corpus, data=dict(tokenizer="bpe", bpe_vocab_size=300), max_steps=4), out, **QUIET)
     run = load_run(out)
-    other = make_corpus(tmp_path / "other.txt", n_bytes=3000, seed=7)
+    other = write_corpus(tmp_path / "other.txt", n_bytes=3000, seed=7)
     data = other.read_bytes()
     n_tok = len(run.tokenizer.encode_bytes(data))
     r = evaluate_run(run, data_path=other)

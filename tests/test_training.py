@@ -2,7 +2,6 @@
 
 import json
 import math
-import random
 import signal
 
 import pytest
@@ -18,20 +17,7 @@ from arlm.training import (MAX_CONSECUTIVE_SKIPS, CheckpointError, NonFiniteLoss
 from arlm.training import trainer as trainer_mod
 from arlm.training.metrics import flops_per_token, matmul_params, peak_flops, peak_flops_for_name, read_metrics
 from arlm.training.optim import build_optimizer
-
-WORDS = ("the of and to in is was for on that with as by at from it an be this are or which "
-         "model token train loss step value where when never always data run").split()
-
-
-def make_corpus(path, n_bytes=20_000, seed=0):
-    rng = random.Random(seed)
-    lines, size = [], 0
-    while size < n_bytes:
-        line = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) + "."
-        lines.append(line)
-        size += len(line) + 1
-    path.write_text("\n".join(lines))
-    return path
+from conftest import write_corpus
 
 
 def tiny_cfg(corpus, model=None, data=None, **train):
@@ -56,7 +42,7 @@ def one_thread():
 
 @pytest.fixture
 def corpus(tmp_path):
-    return make_corpus(tmp_path / "corpus.txt")
+    return write_corpus(tmp_path / "corpus.txt")
 
 
 def step_lines(run_dir):
