@@ -63,3 +63,19 @@ def write_corpus(path, n_bytes=20_000, seed=0):
         size += len(line) + 1
     path.write_text("\n".join(lines))
     return path
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    """A fresh ``write_corpus`` file in the test's own folder."""
+    return write_corpus(tmp_path / "corpus.txt")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Pin torch to one thread for a module whatever OMP_NUM_THREADS says: its tests compare
+    numbers bit for bit with subprocesses that also run on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -21,7 +21,6 @@ from arlm.training import CheckpointError, latest_checkpoint, train, verify_chec
 from arlm.training import checkpoint as ck
 from arlm.training.checkpoint import REQUIRED_FILES
 from arlm.training.metrics import read_metrics
-from conftest import write_corpus
 
 QUIET = dict(progress=False, log=lambda m: None)
 
@@ -39,18 +38,7 @@ def tiny_cfg(corpus, model=None, **train_kw):
 DROPOUT = dict(emb_dropout=0.1, attn_dropout=0.1, ff_dropout=0.1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # one thread: fastest for tiny matmuls, and the same in this process and the subprocesses
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    return write_corpus(tmp_path / "corpus.txt")
+pytestmark = pytest.mark.usefixtures("one_thread")  # exact comparisons with subprocesses
 
 
 def losses(run_dir):

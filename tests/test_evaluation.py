@@ -29,17 +29,7 @@ def tiny_cfg(corpus, data=None, **train_kw):
                                 "data": d, "train": t})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    return write_corpus(tmp_path / "corpus.txt")
+pytestmark = pytest.mark.usefixtures("one_thread")  # exact comparisons with subprocesses
 
 
 @pytest.fixture

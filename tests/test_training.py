@@ -17,7 +17,6 @@ from arlm.training import (MAX_CONSECUTIVE_SKIPS, CheckpointError, NonFiniteLoss
 from arlm.training import trainer as trainer_mod
 from arlm.training.metrics import flops_per_token, matmul_params, peak_flops, peak_flops_for_name, read_metrics
 from arlm.training.optim import build_optimizer
-from conftest import write_corpus
 
 
 def tiny_cfg(corpus, model=None, data=None, **train):
@@ -31,18 +30,7 @@ def tiny_cfg(corpus, model=None, data=None, **train):
     return RunConfig.from_dict({"model": m, "data": d, "train": t})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny matmuls: one thread is fastest, and immune to a busy machine's oversubscription
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    return write_corpus(tmp_path / "corpus.txt")
+pytestmark = pytest.mark.usefixtures("one_thread")  # exact comparisons with subprocesses
 
 
 def step_lines(run_dir):

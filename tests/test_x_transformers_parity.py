@@ -33,13 +33,18 @@ def reference(dec: dict, wrap: dict, seed: int):
     return ref.eval()
 
 
-@pytest.mark.parametrize("name", PARITY)
-def test_logits_match_x_transformers_after_conversion(name):
+def converted(name: str):
+    """(x-transformers model, arlm model with its converted weights, a batch of ids) for an option."""
     dec, wrap, _ = OPTIONS[name]
     ref = reference(dec, wrap, seed=0)
     ours = TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=Decoder(**{**BASE, **dec}), **wrap).eval()
     ours.load_state_dict(convert_state_dict(ref.state_dict(), ours))
-    x = torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(1))
+    return ref, ours, torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("name", PARITY)
+def test_logits_match_x_transformers_after_conversion(name):
+    ref, ours, x = converted(name)
     with torch.no_grad():
         want, got = ref(x), ours(x)
     assert want.std() > 1e-2  # a degenerate reference would make the comparison vacuous
@@ -74,11 +79,7 @@ def test_padded_vocabulary_rows_are_zero_and_logits_still_match():
 
 @pytest.mark.parametrize("name", ["baseline", "rotary_pos_emb", "alibi_pos_bias", "attn_softclamp_logits", "attn_kv_heads"])
 def test_attention_z_loss_matches_x_transformers(name):
-    dec, wrap, _ = OPTIONS[name]
-    ref = reference(dec, wrap, seed=0)
-    ours = TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=Decoder(**{**BASE, **dec}), **wrap).eval()
-    ours.load_state_dict(convert_state_dict(ref.state_dict(), ours))
-    x = torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(1))
+    ref, ours, x = converted(name)
     with torch.no_grad():
         _, inter = ref(x, return_attn_z_loss=True, return_intermediates=True)
         _, z = ours(x, return_attn_z_loss=True)
