@@ -42,7 +42,10 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def setup(args) -> torch.device:
+def setup(args, preset: dict) -> torch.device:
+    """Fill --device/--dtype from the preset where not given, check the flags, set threads."""
+    args.device = args.device or preset["device"]
+    args.dtype = args.dtype or preset["dtype"]
     if args.repeats < 3:
         raise SystemExit("--repeats must be >= 3 (the median of fewer runs is not worth printing)")
     if args.threads:

@@ -70,9 +70,7 @@ def bandwidth_report(name: str, param_bytes: int, cfg, batch: int, context: int,
 def main(argv=None) -> int:
     args = parse_args(argv)
     pre = PRESETS[args.preset]
-    args.device = args.device or pre["device"]
-    args.dtype = args.dtype or pre["dtype"]
-    device = common.setup(args)
+    device = common.setup(args, pre)
     dtype = common.DTYPES[args.dtype]
     batches = args.batch or pre["batches"]
     new_tokens = args.new_tokens or pre["new_tokens"]

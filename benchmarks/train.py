@@ -61,9 +61,7 @@ def matmul_param_count(net) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     pre = PRESETS[args.preset]
-    args.device = args.device or pre["device"]
-    args.dtype = args.dtype or pre["dtype"]
-    device = common.setup(args)
+    device = common.setup(args, pre)
     if args.dtype == "bf16" and device.type != "cuda":
         raise SystemExit("--dtype bf16 (autocast) is for --device cuda; CPU runs fp32")
     batch, seq, steps = args.batch or pre["batch"], args.seq or pre["seq"], args.steps or pre["steps"]
