@@ -146,6 +146,44 @@ def test_safetensors_round_trip_gives_identical_logits(tmp_path):
         assert torch.equal(other(x), model(x))
 
 
+@pytest.mark.parametrize("over", [dict(), dict(rotary_xpos=True)])
+def test_dtype_casts_keep_the_rotary_tables(over):
+    # model.to(dtype) used to cast the complex rotation table to real, dropping the rotation
+    model = make("rotary-gqa", **over)
+    x = ids(2, 12)
+    with torch.no_grad():
+        ref = model(x)
+        model.to(torch.float64)
+        assert model.rotary.cis.dtype == torch.complex64
+        assert torch.allclose(model(x).float(), ref, atol=1e-5)
+        model.to("cpu", torch.float32)
+        assert torch.allclose(model(x), ref, atol=1e-6)
+
+
+def test_wide_linear_weights_are_stored_transposed_through_loads_and_casts(tmp_path):
+    # the layout is a decode-speed choice (see store_linears_transposed); values must not change
+    model = make("rotary-gqa", seed=3)
+    wide = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features > m.in_features]
+    assert wide and all(w.t().is_contiguous() for w in wide)
+    x = ids(2, 12)
+    path = tmp_path / "model.safetensors"
+    save_model(model, str(path))
+    other = make("rotary-gqa", seed=4)
+    load_model(other, str(path))
+    other.to(torch.float64)
+    for m in other.modules():
+        if isinstance(m, torch.nn.Linear):
+            assert m.weight.t().is_contiguous() == (m.out_features > m.in_features)
+    with torch.no_grad():
+        plain = make("rotary-gqa", seed=4)
+        plain.load_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
+        for m in plain.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight = torch.nn.Parameter(m.weight.contiguous())
+        assert torch.allclose(other(x).float(), model(x), atol=1e-5)
+        assert torch.allclose(plain(x), model(x), atol=1e-6)
+
+
 def test_init_weights_is_reproducible_from_a_generator():
     a, b = make("alibi-window-memkv", seed=7), make("alibi-window-memkv", seed=7)
     for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):

@@ -84,6 +84,18 @@ class Rotary(nn.Module):
             xscale = F.pad(decay[None, :] ** power[:, None], (0, pad), value=1.0)  # (P, D/2)
             self.register_buffer("xscale", xscale, persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        # The tables keep their dtype under model.to(dtype) / .half(): a cast would round the
+        # angles, and a complex -> real cast drops the rotation altogether. Only the device follows.
+        tables = dict(self._buffers)
+        self._buffers.clear()
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for name, t in tables.items():
+                self._buffers[name] = t.to(fn(torch.empty(0, device=t.device)).device)
+        return self
+
     def table(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(rotation, xPos scale or None) for heads laid out (B, T, N, D): positions (T,) ->
         (1, T, 1, D/2), (B, T) -> (B, T, 1, D/2)."""

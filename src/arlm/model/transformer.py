@@ -42,6 +42,18 @@ def build_blocks(cfg: ModelConfig) -> tuple[list[tuple[bool, bool]], list[tuple[
     return [tuple(b) for b in blocks], where
 
 
+def store_linears_transposed(module: nn.Module) -> None:
+    """Store each wide Linear weight (out > in) column-major: same shape and values, laid out as
+    its transpose, so the longer dimension is contiguous. Batch-1 decode is bound by reading the
+    weights, and CPU GEMV streams a matrix about 2x faster along long contiguous rows (measured:
+    a cold (1024, 256) weight 118 -> 52 us; the reverse change makes a (256, 1024) one 2x slower,
+    so tall weights stay row-major). ``load_state_dict``, ``.to()`` and optimizer state keep
+    the layout; safetensors writes contiguous copies."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear) and m.out_features > m.in_features and m.weight.is_contiguous():
+            m.weight = nn.Parameter(m.weight.detach().t().contiguous().t(), requires_grad=m.weight.requires_grad)
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -90,6 +102,7 @@ class Transformer(nn.Module):
                            or cfg.attn_num_mem_kv > 0 or cfg.attn_add_zero_kv)
         self.kv_prefix = cfg.attn_num_mem_kv + int(cfg.attn_add_zero_kv)
         self.init_weights()
+        store_linears_transposed(self)
 
     def _plan_steps(self, specs) -> tuple[list[tuple[int, int, int, int]], int]:
         """Per execution step: (KV cache layer, previous attention step, shift buffer of the
