@@ -118,6 +118,24 @@ def test_stream_yields_same_tokens_as_generate(model):
     assert torch.equal(torch.cat(steps), model.generate(p, 12, temperature=0.0))
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_decoding_leaves_the_onednn_flag_as_it_found_it(model, enabled):
+    # fp32 CPU decode steps run with oneDNN off (a faster small-tensor GELU); user code between
+    # streamed tokens, and everything after generate, must see the caller's setting
+    p = prompts_of([5])[0]
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        ref = model.generate(p, 6, temperature=0.0, cache_kv=False)
+        assert torch.backends.mkldnn.enabled is enabled
+        for _ in model.stream(p, 6, temperature=0.0):
+            assert torch.backends.mkldnn.enabled is enabled
+        assert torch.equal(model.generate(p, 6, temperature=0.0), ref)
+        assert torch.backends.mkldnn.enabled is enabled
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
 # ---------------------------------------------------------------- filters
 
 logit_rows = st.lists(st.floats(-20, 20, allow_nan=False, width=32), min_size=2, max_size=40)

@@ -102,14 +102,14 @@ def test_causal_and_cache_exact(name):
             y = x.clone()
             y[:, t] = (y[:, t] + 1) % V
             assert torch.equal(net(y)[:, :t], full[:, :t]), f"{name}: token {t} changed earlier logits"
-        for read_used_slots in (False, True):  # whole cache (static shapes) or only the slots in use
-            kv = (lambda end: end) if read_used_slots else (lambda end: None)
+        for eager in (False, True):  # tensor slots: whole cache (static shapes); int: only the slots in use
+            slots = (lambda a, b: a) if eager else (lambda a, b: torch.arange(a, b))
             cache = net.new_cache(2, SEQ)
-            steps = [net(x[:, :6], input_pos=torch.arange(6), cache=cache, kv_len=kv(6))]
+            steps = [net(x[:, :6], input_pos=slots(0, 6), cache=cache)]
             for t in range(6, 13):
-                steps.append(net(x[:, t:t + 1], input_pos=torch.tensor([t]), cache=cache, kv_len=kv(t + 1)))
+                steps.append(net(x[:, t:t + 1], input_pos=slots(t, t + 1), cache=cache))
             # a multi-token step at a later slot (speculative decoding verifies drafts this way)
-            steps.append(net(x[:, 13:16], input_pos=torch.arange(13, 16), cache=cache, kv_len=kv(16)))
+            steps.append(net(x[:, 13:16], input_pos=slots(13, 16), cache=cache))
             torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
 
 
@@ -128,8 +128,8 @@ def test_left_padded_rows_equal_solo_rows(name):
         solo = net(torch.cat((short, nxt[0]))[None])[0, -1]
         torch.testing.assert_close(step[0, -1], solo, atol=1e-5, rtol=0)
         cache = net.new_cache(2, SEQ)  # again, reading only the slots in use
-        net(batch, input_pos=torch.arange(11), cache=cache, start=start, kv_len=11)
-        step = net(nxt, input_pos=torch.tensor([11]), cache=cache, start=start, kv_len=12)
+        net(batch, input_pos=0, cache=cache, start=start)
+        step = net(nxt, input_pos=11, cache=cache, start=start)
         torch.testing.assert_close(step[0, -1], solo, atol=1e-5, rtol=0)
 
 

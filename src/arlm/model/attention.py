@@ -85,7 +85,7 @@ class Context:
     """
 
     __slots__ = ("rope", "slots", "kv_slots", "causal", "mask", "visible", "bias", "pad", "cache", "steps",
-                 "first_attn_step", "scores", "values", "z_lse", "kv_end")
+                 "first_attn_step", "scores", "values", "z_lse", "kv_end", "slot0")
 
     def __init__(self, steps, first_attn_step: int, rope=None, slots=None, kv_slots=None, pad=None, cache=None):
         self.steps, self.first_attn_step = steps, first_attn_step
@@ -95,6 +95,7 @@ class Context:
         self.values = None
         self.z_lse: list[torch.Tensor] | None = None  # per-layer attention log-sum-exp, for the z-loss
         self.kv_end: int | None = None  # read cache slots [0, kv_end) only (None: all of them)
+        self.slot0: int | None = None  # the rows are cache slots slot0.. (write by slicing, not index_copy)
 
     def kv(self, step: int):
         if self.cache is None:
@@ -169,10 +170,14 @@ class Attention(nn.Module):
                 v_cache[:, :, :P] = pv
             if k.dtype != k_cache.dtype:  # (a no-op .to still costs a dispatch per layer per token)
                 k, v = k.to(k_cache.dtype), v.to(v_cache.dtype)
-            k_cache.index_copy_(2, ctx.kv_slots, k)
-            v_cache.index_copy_(2, ctx.kv_slots, v)
+            if ctx.slot0 is not None:  # contiguous slots, no prefix: a slice copy
+                k_cache.narrow(2, ctx.slot0, T).copy_(k)
+                v_cache.narrow(2, ctx.slot0, T).copy_(v)
+            else:
+                k_cache.index_copy_(2, ctx.kv_slots, k)
+                v_cache.index_copy_(2, ctx.kv_slots, v)
             if ctx.kv_end is not None:
-                k_cache, v_cache = k_cache[:, :, :ctx.kv_end], v_cache[:, :, :ctx.kv_end]
+                k_cache, v_cache = k_cache.narrow(2, 0, ctx.kv_end), v_cache.narrow(2, 0, ctx.kv_end)
             k, v = k_cache, v_cache
             if k.dtype != q.dtype:
                 k, v = k.to(q.dtype), v.to(q.dtype)

@@ -106,12 +106,18 @@ class Rotary(nn.Module):
         return cis, scale
 
 
+    def table_range(self, p: int, T: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``table`` for positions p..p+T-1 shared by every row, as views: (1, T, 1, D/2)."""
+        cis = self.cis[p:p + T, None][None]
+        return cis, (self.xscale[p:p + T, None][None] if self.xpos else None)
+
+
 def apply_rotary(x: torch.Tensor, cis: torch.Tensor, scale: torch.Tensor | None = None,
                  inverse_scale: bool = False) -> torch.Tensor:
     """Rotate x (B, T, N, D) in adjacent pairs (x[2i] + i x[2i+1]) times ``cis`` (.., T, 1, D/2);
     pairs past the rotary dims have cis = 1. ``scale`` (xPos) multiplies the pairs, or divides
     them with ``inverse_scale`` (keys)."""
-    pairs = x.float()
+    pairs = x if x.dtype == torch.float32 else x.float()  # (a no-op cast still costs a dispatch)
     if scale is not None:
         scale = scale.reciprocal() if inverse_scale else scale
     if torch.compiler.is_compiling():
@@ -122,12 +128,15 @@ def apply_rotary(x: torch.Tensor, cis: torch.Tensor, scale: torch.Tensor | None 
         if scale is not None:
             y1, y2 = y1 * scale, y2 * scale
         return torch.stack((y1, y2), dim=-1).flatten(-2).to(x.dtype)
-    if pairs.stride(-1) != 1 or any(st % 2 for st in pairs.stride()[:-1]):
-        pairs = pairs.contiguous()
-    z = torch.view_as_complex(pairs.unflatten(-1, (-1, 2))) * cis  # (B, T, N, D/2) complex
+    try:
+        z = torch.view_as_complex(pairs.unflatten(-1, (-1, 2)))  # (B, T, N, D/2) complex
+    except RuntimeError:  # a view whose strides are not whole complex numbers
+        z = torch.view_as_complex(pairs.contiguous().unflatten(-1, (-1, 2)))
+    z = z * cis
     if scale is not None:
         z = z * scale
-    return torch.view_as_real(z).flatten(-2).to(x.dtype)
+    y = torch.view_as_real(z).flatten(-2)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 def alibi_slopes(heads: int) -> list[float]:

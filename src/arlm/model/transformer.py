@@ -101,6 +101,9 @@ class Transformer(nn.Module):
         self.needs_mask = (cfg.needs_scores or cfg.max_attend_past is not None or self.pos_bias is not None
                            or cfg.attn_num_mem_kv > 0 or cfg.attn_add_zero_kv)
         self.kv_prefix = cfg.attn_num_mem_kv + int(cfg.attn_add_zero_kv)
+        # options that need per-slot index tensors (masks, memory, shifts, absolute positions)
+        # take the general path even for an int input_pos
+        self._lean_decode = not (self.needs_mask or M or cfg.shift_tokens or self.pos_emb is not None)
         self.init_weights()
         store_linears_transposed(self)
 
@@ -172,19 +175,21 @@ class Transformer(nn.Module):
                        shift_layers=self.n_branches if s else 0, shift_dim=s * (cfg.dim // (s + 1)),
                        kv_prefix=self.kv_prefix)
 
-    def forward(self, ids: torch.Tensor, input_pos: torch.Tensor | None = None,
+    def forward(self, ids: torch.Tensor, input_pos: torch.Tensor | int | None = None,
                 cache: KVCache | None = None, start: torch.Tensor | None = None,
                 key_mask: torch.Tensor | None = None, return_embeddings: bool = False,
-                return_attn_z_loss: bool = False, attn_z_loss_weight: float = 1e-4, kv_len: int | None = None):
+                return_attn_z_loss: bool = False, attn_z_loss_weight: float = 1e-4):
         """ids (B, T) -> logits (B, T, V), or final embeddings (B, T, C).
 
-        input_pos: (T,) slots of these tokens (default 0..T-1); required with ``cache``.
+        input_pos: the cache slots of these tokens (default 0..T-1); required with ``cache``.
+        A (T,) tensor keeps every shape static (compiled decoding: attention reads the whole
+        preallocated cache, stale slots masked). A Python int p means slots p..p+T-1 and that
+        nothing past them is in use (eager decoding): attention reads only slots [0, p+T), and
+        the common case (no left padding, no mask-needing option) runs on views and slice
+        copies, with no index tensors built per step.
         start: (B,) first real slot per row (left padding); None means 0 for every row.
         key_mask: (B, T) booleans, False hides that token from later queries (no cache only;
         used by Forgetful Causal Masking). Each token always sees itself.
-        kv_len: with ``cache``, the number of token slots in use after this step (the last
-        input_pos + 1, a Python int): attention then reads only those slots instead of the whole
-        preallocated cache (eager decoding; leave None for static shapes when compiling).
         return_attn_z_loss: also return the attention z-loss (ST-MoE, Zoph et al. 2022; PaLM):
         the log-sum-exp of every query's attention logits summed over layers, squared, summed
         over heads, averaged over rows and positions, times ``attn_z_loss_weight`` (the
@@ -195,21 +200,22 @@ class Transformer(nn.Module):
             raise ValueError("cached forward needs input_pos (the cache slots of these tokens)")
         if key_mask is not None and cache is not None:
             raise ValueError("key_mask is for uncached forwards only")
+        kv_len = None
+        if isinstance(input_pos, int):
+            if cache is None:
+                raise ValueError("an int input_pos is for cached forwards; leave it None without a cache")
+            if input_pos < 0 or input_pos + T > cache.max_len:
+                raise ValueError(f"slots {input_pos}..{input_pos + T - 1} are outside the cache's {cache.max_len} slots")
+            kv_len = input_pos + T
+            if self._lean_decode and start is None and (T == 1 or input_pos == 0):
+                return self._lean_forward(ids, input_pos, cache, return_embeddings, return_attn_z_loss,
+                                          attn_z_loss_weight)
+            input_pos = torch.arange(input_pos, kv_len, device=ids.device)
         if input_pos is None:
             input_pos = torch.arange(T, device=ids.device)
         positions = input_pos if start is None else (input_pos[None, :] - start[:, None]).clamp(min=0)  # (T,) | (B, T)
 
-        x = self.token_emb(ids)  # (B, T, C)
-        if self.cfg.l2norm_embed:
-            # l2-normalised embeddings (Nguyen & Chiang 2018, FixNorm), paired with a tiny init
-            x = F.normalize(x, dim=-1)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(positions)
-        if self.post_emb_norm is not None:
-            x = self.post_emb_norm(x)
-        if self.cfg.emb_dropout and self.training:
-            x = self.emb_dropout(x)
-
+        x = self._embed(ids, positions)
         M = self.num_memory_tokens
         slots = input_pos
         if M:
@@ -219,12 +225,49 @@ class Transformer(nn.Module):
             positions = (torch.cat((mem, positions + M)) if positions.dim() == 1
                          else torch.cat((mem[None].expand(B, -1), positions + M), dim=1))
         ctx = self._context(slots, positions, start, cache, key_mask, kv_len)
-        if return_attn_z_loss:
-            ctx.z_lse = []
-        for step, i in enumerate(self.order):
-            x = self.blocks[i](x, ctx, step)
+        x = self._blocks(x, ctx, return_attn_z_loss)
         if M:
             x = x[:, M:]
+        return self._finish(x, ctx, return_embeddings, return_attn_z_loss, attn_z_loss_weight)
+
+    def _lean_forward(self, ids, p: int, cache: KVCache, return_embeddings: bool, return_attn_z_loss: bool,
+                      attn_z_loss_weight: float):
+        """The eager cached step without index tensors: tokens at slots p..p+T-1 of every row
+        (T == 1, or a prefill from slot 0), no memory tokens, no mask-needing option."""
+        T = ids.shape[1]
+        x = self._embed(ids, None)
+        rope = self.rotary.table_range(p, T) if self.rotary is not None else None
+        ctx = Context(self._steps, self._first_attn_step, rope=rope, cache=cache)
+        ctx.slot0, ctx.kv_end, ctx.causal = p, p + T, T > 1
+        x = self._blocks(x, ctx, return_attn_z_loss)
+        return self._finish(x, ctx, return_embeddings, return_attn_z_loss, attn_z_loss_weight)
+
+    def _embed(self, ids, positions):
+        """ids (B, T) -> (B, T, C): token embedding, absolute positions (when the model has them),
+        the optional post-embedding norm and dropout."""
+        x = self.token_emb(ids)
+        if self.cfg.l2norm_embed:
+            # l2-normalised embeddings (Nguyen & Chiang 2018, FixNorm), paired with a tiny init
+            x = F.normalize(x, dim=-1)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        if self.post_emb_norm is not None:
+            x = self.post_emb_norm(x)
+        if self.cfg.emb_dropout and self.training:
+            x = self.emb_dropout(x)
+        return x
+
+    def _blocks(self, x, ctx: Context, return_attn_z_loss: bool):
+        if return_attn_z_loss:
+            ctx.z_lse = []
+        blocks = list(self.blocks)  # plain list indexing: ModuleList.__getitem__ costs a few us per call
+        for step, i in enumerate(self.order):
+            x = blocks[i](x, ctx, step)
+        return x
+
+    def _finish(self, x, ctx: Context, return_embeddings: bool, return_attn_z_loss: bool, attn_z_loss_weight: float):
+        """Output soft-clamp, final norm, logits (or embeddings) and the z-loss."""
+        M = self.num_memory_tokens
         if self.cfg.softclamp_output:
             # soft-cap the residual stream before the final norm (Gemma 2)
             v = self.cfg.softclamp_output_value
