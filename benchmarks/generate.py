@@ -131,6 +131,9 @@ def main(argv=None) -> int:
         print(f"batch {batch:>3}: x-transformers {med['x-transformers']:>10,.1f} tok/s "
               f"({common.spread(rate['x-transformers'])}), arlm {med['arlm']:>10,.1f} tok/s "
               f"({common.spread(rate['arlm'])}), ratio arlm/x-transformers {med['arlm'] / med['x-transformers']:.2f}x")
+        paired = [x / a for x, a in zip(times["x-transformers"], times["arlm"])]  # runs timed back to back
+        print(f"           ratio per back-to-back pair: median {common.median(paired):.2f}x "
+              f"(range {min(paired):.2f}..{max(paired):.2f}x over {len(paired)} pairs)")
         if device.type == "cpu":
             cpu = {k: common.median([batch * new_tokens / t for t in v]) for k, v in times.cpu.items()}
             print(f"           per CPU-second: x-transformers {cpu['x-transformers']:,.1f}, arlm {cpu['arlm']:,.1f} "
