@@ -73,6 +73,7 @@ def test_override_coerces_types():
     ("train.batch_size", 0, "train.batch_size must be a positive integer"),
     ("train.beta2", 1.0, "train.beta2"),
     ("train.device", "tpu", "train.device"),
+    ("train.loss_chunk", -1, "train.loss_chunk must be null"),
     ("data.val_fraction", 0.0, "data.val_fraction"),
     ("data.tokenizer", "char", "data.tokenizer"),
     ("data.seq_len", 10_000, "above model.max_seq_len"),

@@ -91,6 +91,11 @@ def test_grad_accumulation_equals_one_big_batch():
     for g, p in zip(g_full, model.parameters()):
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
     assert float(acc) == pytest.approx(float(full), rel=1e-6)
+    model.zero_grad()
+    chunked = forward_backward(model, [batch[:4], batch[4:]], bf16=False, loss_chunk=5)  # 5 rows at a time
+    for g, p in zip(g_full, model.parameters()):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+    assert float(chunked) == pytest.approx(float(full), rel=1e-6)
 
 
 def test_mfu_flops_and_device_peaks():

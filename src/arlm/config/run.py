@@ -75,6 +75,9 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
     activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
+    # training loss in chunks of this many rows, never materialising the full (rows, vocab) logits;
+    # null: chunked only for vocabularies of 8192 and more; 0: plain cross-entropy on full logits
+    loss_chunk: int | None = None
     progress: bool = True
 
     def validate(self) -> None:
@@ -98,6 +101,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not (0.0 <= v < 1.0):
                 raise ConfigError(f"train.{name} must be in [0, 1), got {v}")
+        if self.loss_chunk is not None and (isinstance(self.loss_chunk, bool) or not isinstance(self.loss_chunk, int)
+                                            or self.loss_chunk < 0):
+            raise ConfigError(f"train.loss_chunk must be null (auto), 0 (off) or a number of rows >= 1, "
+                              f"got {self.loss_chunk!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"train.max_minutes must be > 0 or null, got {self.max_minutes}")
         dev = self.device

@@ -22,6 +22,7 @@ from torch import nn
 from ..config import ModelConfig
 from .attention import Context, KVCache
 from .layers import NORM_TYPES, Block, make_norm
+from .loss import auto_chunk_rows, linear_cross_entropy
 from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPositionBias, Rotary,
                          ScaledSinusoidalEmbedding, T5RelativeBias)
 
@@ -178,8 +179,10 @@ class Transformer(nn.Module):
     def forward(self, ids: torch.Tensor, input_pos: torch.Tensor | int | None = None,
                 cache: KVCache | None = None, start: torch.Tensor | None = None,
                 key_mask: torch.Tensor | None = None, return_embeddings: bool = False,
-                return_attn_z_loss: bool = False, attn_z_loss_weight: float = 1e-4):
-        """ids (B, T) -> logits (B, T, V), or final embeddings (B, T, C).
+                return_attn_z_loss: bool = False, attn_z_loss_weight: float = 1e-4,
+                targets: torch.Tensor | None = None, loss_chunk: int | None = None, ignore_index: int = -100):
+        """ids (B, T) -> logits (B, T, V), or final embeddings (B, T, C), or with ``targets``
+        the mean next-token cross-entropy (see ``loss``).
 
         input_pos: the cache slots of these tokens (default 0..T-1); required with ``cache``.
         A (T,) tensor keeps every shape static (compiled decoding: attention reads the whole
@@ -194,6 +197,9 @@ class Transformer(nn.Module):
         the log-sum-exp of every query's attention logits summed over layers, squared, summed
         over heads, averaged over rows and positions, times ``attn_z_loss_weight`` (the
         x-transformers definition). Returns (output, z_loss).
+        targets: (B, T) token ids to score the outputs against (``ignore_index`` rows skipped);
+        the output is then the fp32 mean loss, computed in chunks of ``loss_chunk`` rows without
+        the full logits (None: chunked only for vocabularies of 8192 and more; 0: never).
         """
         B, T = ids.shape
         if cache is not None and input_pos is None:
@@ -209,7 +215,7 @@ class Transformer(nn.Module):
             kv_len = input_pos + T
             if self._lean_decode and start is None and (T == 1 or input_pos == 0):
                 return self._lean_forward(ids, input_pos, cache, return_embeddings, return_attn_z_loss,
-                                          attn_z_loss_weight)
+                                          attn_z_loss_weight, targets, loss_chunk, ignore_index)
             input_pos = torch.arange(input_pos, kv_len, device=ids.device)
         if input_pos is None:
             input_pos = torch.arange(T, device=ids.device)
@@ -228,10 +234,11 @@ class Transformer(nn.Module):
         x = self._blocks(x, ctx, return_attn_z_loss)
         if M:
             x = x[:, M:]
-        return self._finish(x, ctx, return_embeddings, return_attn_z_loss, attn_z_loss_weight)
+        return self._finish(x, ctx, return_embeddings, return_attn_z_loss, attn_z_loss_weight, targets, loss_chunk,
+                            ignore_index)
 
     def _lean_forward(self, ids, p: int, cache: KVCache, return_embeddings: bool, return_attn_z_loss: bool,
-                      attn_z_loss_weight: float):
+                      attn_z_loss_weight: float, targets, loss_chunk, ignore_index):
         """The eager cached step without index tensors: tokens at slots p..p+T-1 of every row
         (T == 1, or a prefill from slot 0), no memory tokens, no mask-needing option."""
         T = ids.shape[1]
@@ -240,7 +247,8 @@ class Transformer(nn.Module):
         ctx = Context(self._steps, self._first_attn_step, rope=rope, cache=cache)
         ctx.slot0, ctx.kv_end, ctx.causal = p, p + T, T > 1
         x = self._blocks(x, ctx, return_attn_z_loss)
-        return self._finish(x, ctx, return_embeddings, return_attn_z_loss, attn_z_loss_weight)
+        return self._finish(x, ctx, return_embeddings, return_attn_z_loss, attn_z_loss_weight, targets, loss_chunk,
+                            ignore_index)
 
     def _embed(self, ids, positions):
         """ids (B, T) -> (B, T, C): token embedding, absolute positions (when the model has them),
@@ -265,8 +273,9 @@ class Transformer(nn.Module):
             x = blocks[i](x, ctx, step)
         return x
 
-    def _finish(self, x, ctx: Context, return_embeddings: bool, return_attn_z_loss: bool, attn_z_loss_weight: float):
-        """Output soft-clamp, final norm, logits (or embeddings) and the z-loss."""
+    def _finish(self, x, ctx: Context, return_embeddings: bool, return_attn_z_loss: bool, attn_z_loss_weight: float,
+                targets=None, loss_chunk=None, ignore_index=-100):
+        """Output soft-clamp, final norm, logits (or embeddings, or the loss) and the z-loss."""
         M = self.num_memory_tokens
         if self.cfg.softclamp_output:
             # soft-cap the residual stream before the final norm (Gemma 2)
@@ -274,7 +283,10 @@ class Transformer(nn.Module):
             x = torch.tanh(x / v) * v
         if self.norm is not None:
             x = self.norm(x)
-        out = x if return_embeddings else self.logits(x)
+        if targets is not None:
+            out = self.loss(x, targets, loss_chunk, ignore_index)
+        else:
+            out = x if return_embeddings else self.logits(x)
         if return_attn_z_loss:
             lse = torch.stack(ctx.z_lse).sum(dim=0)[..., M:]  # (B, H, T): summed over layers
             return out, lse.square().sum(dim=1).mean() * attn_z_loss_weight
@@ -286,6 +298,17 @@ class Transformer(nn.Module):
         if self.cfg.padded_vocab != self.cfg.vocab_size:
             logits = logits[..., : self.cfg.vocab_size]
         return logits
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor, chunk: int | None = None,
+             ignore_index: int = -100) -> torch.Tensor:
+        """Mean cross-entropy (fp32) of the logits of final embeddings x (..., C) against targets
+        (...). ``chunk`` rows at a time without materialising the logits (model/loss.py); None
+        picks by vocabulary size, 0 computes the full logits and calls F.cross_entropy."""
+        rows = auto_chunk_rows(self.cfg.padded_vocab) if chunk is None else chunk
+        if rows == 0:
+            return F.cross_entropy(self.logits(x).float().flatten(0, -2), targets.flatten(), ignore_index=ignore_index)
+        w, scale = (self.head.weight, 1.0) if self.head is not None else (self.token_emb.weight, self.tied_scale)
+        return linear_cross_entropy(x, w[: self.cfg.vocab_size], targets, scale, rows, ignore_index)
 
     def _context(self, slots, positions, start, cache, key_mask, kv_len=None) -> Context:
         """Everything the layers share: rotary tables, the mask (or the causal fast path), the

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, RunConfig
@@ -68,12 +67,14 @@ class TrainResult:
 # ---- setup -------------------------------------------------------------------------------------
 
 
-def forward_backward(model, micro_batches: list[torch.Tensor], bf16: bool) -> torch.Tensor:
+def forward_backward(model, micro_batches: list[torch.Tensor], bf16: bool, loss_chunk: int | None = 0) -> torch.Tensor:
     """Accumulate gradients over micro-batches (each (B, T+1)); returns the mean loss (0-dim).
 
     Each micro-batch's loss is divided by their number, so the gradient is that of the mean
     loss over all of them, the same as one batch of their concatenation. Under DDP only the
-    last micro-batch all-reduces gradients.
+    last micro-batch all-reduces gradients. The model computes the loss itself (fp32, in
+    ``loss_chunk`` rows at a time; see Transformer.loss), inside its forward, so DDP and
+    compile see one module call.
     """
     n = len(micro_batches)
     total = None
@@ -81,8 +82,7 @@ def forward_backward(model, micro_batches: list[torch.Tensor], bf16: bool) -> to
         device = batch.device
         with ddp.no_sync(model, last=i == n - 1):
             with autocast_ctx(device, bf16):
-                logits = model(batch[:, :-1])  # (B, T, V)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())  # fp32
+                loss = model(batch[:, :-1], targets=batch[:, 1:], loss_chunk=loss_chunk)
             (loss / n).backward()
         total = loss.detach() if total is None else total + loss.detach()
     return total / n
@@ -301,7 +301,7 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
                 for g in optimizer.param_groups:
                     g["lr"] = lr
                 batches = [_to_device(sampler.next_batch(), device) for _ in range(tc.grad_accum)]
-                loss_t = forward_backward(fwd, batches, bf16)
+                loss_t = forward_backward(fwd, batches, bf16, cfg.train.loss_chunk)
                 norm_t = torch.nn.utils.clip_grad_norm_(params, clip)
                 out_of_time = tc.max_minutes is not None and time.perf_counter() - t_session >= tc.max_minutes * 60
                 # one host sync per step; under DDP one all-reduce makes every decision unanimous
