@@ -62,3 +62,38 @@ def test_ddp_resume_continues_the_same_curve(tmp_path):
     _train([*common, "--out", str(tmp_path / "split"), "--max-steps", "5"], 2)
     _train([*common, "--out", str(tmp_path / "split"), "--max-steps", "10", "--resume", "auto"], 2)
     assert _losses(tmp_path / "split") == _losses(tmp_path / "full")
+
+
+def test_fsdp_two_ranks_track_one_process_and_resume_across_modes(tmp_path):
+    # FSDP2 shards parameters, gradients and Adam moments; the loss curve is that of one process
+    # with the global batch, and its checkpoints (full tensors, moments keyed by name) resume
+    # under FSDP and in a single process alike
+    data = _corpus(tmp_path)
+    common = ["--preset", "tiny", "--data", str(data), "--no-progress", "--train.grad_accum", "2",
+              "--train.eval_every", "0", "--train.schedule", "constant", "--train.warmup_steps", "0"]
+    _train([*common, "--out", str(tmp_path / "one"), "--train.batch_size", "4", "--max-steps", "10"], None)
+    fsdp = [*common, "--train.batch_size", "2", "--train.distributed", "fsdp"]
+    _train([*fsdp, "--out", str(tmp_path / "fsdp"), "--max-steps", "6"], 2)
+    _train([*fsdp, "--out", str(tmp_path / "fsdp"), "--max-steps", "10", "--resume", "auto"], 2)
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "fsdp")
+    assert len(one) == len(two) == 10
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4
+    # the step-6 FSDP checkpoint continued under DDP (whole model, torch's optimizer layout):
+    # weights and the name-keyed Adam moments load into it, so the curve is the same
+    shutil.copytree(tmp_path / "fsdp", tmp_path / "mixed")
+    assert (tmp_path / "mixed" / "checkpoints" / "step-6").is_dir()
+    (tmp_path / "mixed" / "latest").write_text("step-6\n")
+    _train([*common, "--out", str(tmp_path / "mixed"), "--train.batch_size", "2", "--max-steps", "10",
+            "--resume", "auto"], 2)
+    mixed = _losses(tmp_path / "mixed")
+    assert len(mixed) == 10
+    assert max(abs(a - b) for a, b in zip(one, mixed)) < 1e-4
+
+
+def test_fsdp_refuses_muon():
+    from arlm.config import ConfigError, RunConfig
+
+    cfg = RunConfig()
+    cfg.train.distributed, cfg.train.optimizer = "fsdp", "muon"
+    with pytest.raises(ConfigError, match="muon needs whole weight matrices"):
+        cfg.validate()

@@ -22,6 +22,7 @@ TOKENIZERS = ("byte", "bpe")
 SCHEDULES = ("cosine", "constant")
 OPTIMIZERS = ("adamw", "adam", "muon")
 PRECISIONS = ("auto", "fp32", "bf16")
+DISTRIBUTED = ("ddp", "fsdp")
 
 
 @dataclass
@@ -78,6 +79,8 @@ class TrainConfig:
     # training loss in chunks of this many rows, never materialising the full (rows, vocab) logits;
     # null: chunked only for vocabularies of 8192 and more; 0: plain cross-entropy on full logits
     loss_chunk: int | None = None
+    # under torchrun: ddp (every rank holds the model) | fsdp (parameters, gradients and optimizer state sharded)
+    distributed: str = "ddp"
     progress: bool = True
 
     def validate(self) -> None:
@@ -89,6 +92,10 @@ class TrainConfig:
         _choice(self, "optimizer", OPTIMIZERS)
         _choice(self, "schedule", SCHEDULES)
         _choice(self, "precision", PRECISIONS)
+        _choice(self, "distributed", DISTRIBUTED)
+        if self.distributed == "fsdp" and self.optimizer == "muon":
+            raise ConfigError("train.optimizer=muon needs whole weight matrices, which train.distributed=fsdp "
+                              "shards; use adamw or adam with fsdp, or muon with ddp")
         for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 
 COMMIT = "COMMIT"
 FORMAT = 1
@@ -98,9 +98,11 @@ def rng_state(device: torch.device) -> dict:
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model, optimizer, trainer_state: dict, cfg,
                     tokenizer, keep_last: int, rng: dict | None = None,
-                    log: Callable[[str], None] = _stderr) -> Path:
+                    log: Callable[[str], None] = _stderr, full_state: tuple[dict, dict] | None = None) -> Path:
     """Write ``RUN/checkpoints/step-<step>`` atomically, point ``RUN/latest`` at it, then prune
     committed checkpoints beyond the newest ``keep_last``. Returns the checkpoint folder.
+    ``full_state``: (model, optimizer) state dicts gathered from a sharded (FSDP) model, written
+    instead of ``model`` and ``optimizer``'s own; the optimizer's is keyed by parameter name.
 
     If any write fails (disk full, permissions, ...) the temporary folder is removed, earlier
     checkpoints and ``latest`` are untouched, and ``CheckpointError`` says what failed.
@@ -118,8 +120,10 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, optimizer, trainer
             shutil.rmtree(tmp)
         tmp.mkdir()
         writers = (
-            ("model.safetensors", lambda p: _save_model(p, model)),
-            ("optimizer.pt", lambda p: _save_optimizer(p, optimizer)),
+            ("model.safetensors", lambda p: _save_model(p, model) if full_state is None
+             else save_file({k: v.contiguous() for k, v in full_state[0].items()}, str(p), metadata={"format": "pt"})),
+            ("optimizer.pt", lambda p: _save_optimizer(p, optimizer) if full_state is None
+             else torch.save(full_state[1], p)),
             ("trainer_state.json", lambda p: _write_text(p, json.dumps(trainer_state, indent=1))),
             ("rng.pt", lambda p: _save_rng(p, rng)),
             ("config.yaml", lambda p: _write_text(p, cfg.to_yaml())),
@@ -314,11 +318,21 @@ def load_weights(model, ckpt_dir: str | Path, device="cpu") -> None:
         raise CheckpointError(f"weights in {path} do not fit the model: missing {missing}, unexpected {unexpected}")
 
 
-def load_optimizer(optimizer, ckpt_dir: str | Path, device="cpu") -> None:
+def load_optimizer(optimizer, ckpt_dir: str | Path, device="cpu", model=None) -> None:
+    """Load ``optimizer.pt``: torch's own layout, or keyed by parameter name (written by a
+    sharded run; needs ``model`` to map names to parameters)."""
     path = Path(ckpt_dir) / "optimizer.pt"
     state = _torch_load(path, device)
     try:
-        optimizer.load_state_dict(state)
+        groups = state.get("param_groups") if isinstance(state, dict) else None
+        if groups and groups[0].get("params") and isinstance(groups[0]["params"][0], str):
+            if model is None:
+                raise ValueError("its state is keyed by parameter name and no model was given")
+            from .distributed import load_full_optimizer_state
+
+            load_full_optimizer_state(model, optimizer, state)
+        else:
+            optimizer.load_state_dict(state)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"optimizer state in {path} does not fit this optimizer: {e}") from None
 

@@ -1,8 +1,12 @@
-"""Data-parallel training under torchrun (torch.distributed DDP; gloo on CPU, NCCL on CUDA).
+"""Data-parallel training under torchrun (gloo on CPU, NCCL on CUDA): DDP, or FSDP2.
 
 The same ``arlm train`` command runs under ``torchrun --nproc_per_node N``: each rank draws its
 own slice of every batch (``train.batch_size`` rows per rank, so the global batch is N times
-larger), gradients are averaged by DDP, and rank 0 alone writes the run folder. Every decision
+larger), gradients are averaged, and rank 0 alone writes the run folder. With
+``train.distributed: ddp`` every rank holds the whole model and DDP all-reduces gradients; with
+``fsdp`` (torch's ``fully_shard``, one unit per block plus the root) parameters, gradients and
+optimizer state are sharded across ranks and gathered per block for compute, so a model that
+does not fit one device's memory with its optimizer state can still train. Every decision
 that must be unanimous (stop on a signal or a time limit, skip a non-finite step) is taken on
 all-reduced values, so no rank waits forever on a collective the others skipped.
 The model code knows nothing of this: the wrapping happens here, from outside.
@@ -69,11 +73,71 @@ def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def shard(model: nn.Module) -> nn.Module:
+    """FSDP2 in place: each block is one unit (gathered for its forward and backward, then
+    freed), the root holds the embeddings and the head. Returns the same model."""
+    from torch.distributed.fsdp import fully_shard
+
+    from ..model.transformer import store_linears_transposed
+
+    store_linears_transposed(model, transposed=False)  # fully_shard takes contiguous parameters only
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return hasattr(model, "set_requires_gradient_sync")
+
+
+@contextlib.contextmanager
 def no_sync(module: nn.Module, last: bool):
-    """Skip the gradient all-reduce on every micro-batch but the last (gradient accumulation)."""
-    if last or not hasattr(module, "no_sync"):
-        return contextlib.nullcontext()
-    return module.no_sync()
+    """Skip the gradient reduction on every micro-batch but the last (gradient accumulation)."""
+    if last:
+        yield
+    elif is_sharded(module):
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+    elif hasattr(module, "no_sync"):
+        with module.no_sync():
+            yield
+    else:
+        yield
+
+
+def full_state(model: nn.Module, optimizer) -> tuple[dict, dict]:
+    """Full (unsharded) model and optimizer state dicts of a sharded model, on CPU, for rank 0
+    to write (other ranks get empty dicts). A collective: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+
+
+def optimizer_state_by_name(model: nn.Module, optimizer) -> dict:
+    """The optimizer's state keyed by parameter name (the layout ``load_sharded_optimizer`` takes)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
+
+
+def load_full_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
+    """Load a full, name-keyed optimizer state into ``optimizer`` (sharded or not)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def grad_norm_value(norm) -> float:
+    """clip_grad_norm_'s result as a float (a replicated DTensor under FSDP2)."""
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
 
 
 def reduce_step(info: DistInfo, loss: torch.Tensor, *flags: bool) -> tuple[float, ...]:

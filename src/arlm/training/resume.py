@@ -20,7 +20,7 @@ RESUMABLE_CHANGES = (
     "train.max_steps", "train.max_minutes", "train.eval_every", "train.eval_batches",
     "train.sample_every", "train.sample_tokens", "train.sample_prompt", "train.ckpt_every",
     "train.keep_last", "train.device", "train.precision", "train.compile", "train.progress",
-    "train.activation_checkpointing",
+    "train.activation_checkpointing", "train.loss_chunk", "train.distributed",
 )
 # Derived from the tokenizer, so whatever the new config says is ignored on resume.
 DERIVED_KEYS = ("model.vocab_size",)

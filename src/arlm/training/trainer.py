@@ -152,6 +152,7 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
     device = resolve_device(tc.device)
     bf16 = resolve_precision(tc.precision, device)
     dinfo = ddp.from_env()
+    fsdp = dinfo.enabled and tc.distributed == "fsdp"
 
     corpus = load_corpus(cfg.data.path)
     corpus_id = {"sha256": hashlib.sha256(corpus).hexdigest(), "bytes": len(corpus)}
@@ -199,7 +200,14 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
     sampler = ChunkSampler(splits.train, seq_len, tc.batch_size, tc.seed, dinfo.rank, dinfo.world_size)
     if resume_from is not None:
         ckpt_io.load_weights(model, resume_from, device=device)
-        ckpt_io.load_optimizer(optimizer, resume_from, device=device)
+        ckpt_io.load_optimizer(optimizer, resume_from, device=device, model=model)
+    if fsdp:  # shard the restored model, then rebuild the optimizer over the shards with the same state
+        moments = ddp.optimizer_state_by_name(model, optimizer) if resume_from is not None else None
+        ddp.shard(model)
+        optimizer = build_optimizer(model, tc, device)
+        if moments is not None:
+            ddp.load_full_optimizer_state(model, optimizer, moments)
+    if resume_from is not None:
         rng = ckpt_io.load_rng(resume_from)
         try:
             sampler.load_state_dict(state["sampler"])
@@ -210,7 +218,7 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
             log(f"checkpoint has RNG states for {len(ranks) or 1} rank(s), this run has {dinfo.world_size}: "
                 "dropout will not repeat the original run exactly")
         ckpt_io.restore_rng(ranks[dinfo.rank] if dinfo.rank < len(ranks) else rng, device, log)
-    fwd = ddp.wrap(model, dinfo, device)
+    fwd = model if fsdp else ddp.wrap(model, dinfo, device)
     fwd = torch.compile(fwd) if tc.compile else fwd
 
     # ---- write the run folder (rank 0 only, once every rank has checked its inputs)
@@ -242,6 +250,9 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
     clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
     rng_devices = [device] if device.type == "cuda" else []
 
+    # evaluation and samples run on rank 0, or on every rank when the model is sharded (its
+    # forward gathers parameters from all ranks); only rank 0 reports them
+    every_rank = dinfo.is_main or fsdp
     show_bar = progress and tc.progress and dinfo.is_main
     if not dinfo.is_main:
         log = lambda m: None  # noqa: E731  (rank 0 speaks for the run)
@@ -270,6 +281,7 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
     def save() -> None:
         nonlocal last_saved, last_ckpt
         rngs = ddp.gather_objects(dinfo, ckpt_io.rng_state(device))  # a collective: every rank calls save()
+        full = ddp.full_state(model, optimizer) if fsdp else None  # a collective too
         last_saved = step
         if not dinfo.is_main:
             return
@@ -282,7 +294,7 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
         }
         last_ckpt = ckpt_io.save_checkpoint(run_dir, step, model=model, optimizer=optimizer,
                                             trainer_state=trainer_state, cfg=cfg, tokenizer=tokenizer,
-                                            keep_last=tc.keep_last, rng=rng, log=say)
+                                            keep_last=tc.keep_last, rng=rng, log=say, full_state=full)
 
     t_session = time.perf_counter()
 
@@ -306,7 +318,7 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
                 out_of_time = tc.max_minutes is not None and time.perf_counter() - t_session >= tc.max_minutes * 60
                 # one host sync per step; under DDP one all-reduce makes every decision unanimous
                 loss, any_signal, any_timeout = ddp.reduce_step(dinfo, loss_t, bool(received), out_of_time)
-                norm = float(norm_t)
+                norm = ddp.grad_norm_value(norm_t)
                 ok = math.isfinite(loss) and math.isfinite(norm)
                 if ok:
                     optimizer.step()
@@ -345,9 +357,9 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
                     last_log = time.perf_counter()
                     log(f"step {step}/{tc.max_steps} | loss {loss:.4f} | lr {lr:.2e} | {tok_s_avg:,.0f} tok/s "
                         f"| eta {format_duration(eta)}")
-                if tc.eval_every and step % tc.eval_every == 0 and dinfo.is_main:
+                if tc.eval_every and step % tc.eval_every == 0 and every_rank:
                     run_eval()
-                if tc.sample_every and step % tc.sample_every == 0 and dinfo.is_main:
+                if tc.sample_every and step % tc.sample_every == 0 and every_rank:
                     run_sample()
                 stop = None
                 if any_signal:
@@ -370,11 +382,11 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
                 if last_saved != step:
                     save()
             else:
-                if dinfo.is_main and (last_val is None or last_val.get("step") != step):
+                if every_rank and (last_val is None or last_val.get("step") != step):
                     run_eval()
                 if last_saved != step:
                     save()
-                if dinfo.is_main and not (tc.sample_every and step % tc.sample_every == 0 and step > start_step):
+                if every_rank and not (tc.sample_every and step % tc.sample_every == 0 and step > start_step):
                     run_sample()
         ddp.barrier(dinfo)
     finally:
