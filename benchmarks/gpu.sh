@@ -42,7 +42,7 @@ bench() {  # bench NAME SECONDS CMD...: log to $OUT/NAME.log, headline lines to 
   echo "== $name: $*" | tee -a "$SUMMARY"
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   echo "   exit $?" >> "$SUMMARY"
-  grep -E "^(batch|compile|--compile|params|ratio|initial|flops| *[a-zA-Z-]+:)" "$OUT/$name.log" >> "$SUMMARY"
+  grep -E "^(batch|compile|--compile|params|ratio|initial|flops|chunked| *[a-zA-Z-]+:)" "$OUT/$name.log" >> "$SUMMARY"
 }
 
 if [ "$PART" = speed ] || [ "$PART" = all ]; then
@@ -50,8 +50,9 @@ if [ "$PART" = speed ] || [ "$PART" = all ]; then
   bench generate-gpu         120 $PY benchmarks/generate.py --preset gpu --repeats 3 --new-tokens 256
   bench train-gpt2            90 $PY benchmarks/train.py --preset gpt2 --repeats 3
   bench generate-gpu-compile 150 $PY benchmarks/generate.py --preset gpu --repeats 3 --new-tokens 256 --compile
-  bench train-gpt2-compile   150 $PY benchmarks/train.py --preset gpt2 --repeats 3 --compile
+  bench train-gpt2-compile   120 $PY benchmarks/train.py --preset gpt2 --repeats 3 --compile
   bench train-enwik8          60 $PY benchmarks/train.py --preset enwik8 --repeats 3
+  bench loss-gpt2-vocab       30 $PY benchmarks/loss.py --device cuda --rows 8192 --dim 768 --bf16
 fi
 
 if [ "$PART" = shakespeare ] || [ "$PART" = all ]; then
