@@ -184,6 +184,31 @@ def test_wide_linear_weights_are_stored_transposed_through_loads_and_casts(tmp_p
         assert torch.allclose(plain(x), model(x), atol=1e-6)
 
 
+def test_hooks_on_submodules_fire_in_training_and_cached_decoding():
+    # hot-path submodule calls skip nn.Module.__call__ only when nothing is hooked (model/calls.py)
+    model = make("rotary-gqa")
+    x = ids(1, 5)
+    seen = []
+    model.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: seen.append("qkv"))
+    model.blocks[1].register_forward_pre_hook(lambda m, i: seen.append("block"))
+    zero = model.norm.register_forward_hook(lambda m, i, o: torch.zeros_like(o))  # replaces the output
+    with torch.no_grad():
+        assert torch.equal(model(x), torch.zeros(1, 5, V))
+        seen.clear()
+        cache = model.new_cache(1, 8)
+        assert torch.equal(model(x[:, :1], input_pos=0, cache=cache), torch.zeros(1, 1, V))
+        assert seen == ["qkv", "block"]
+        zero.remove()
+        counted = []
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: counted.append(type(m)))
+        try:
+            model(x)
+        finally:
+            handle.remove()
+        assert torch.nn.Linear in counted and torch.nn.LayerNorm in counted
+        assert not torch.equal(model(x), torch.zeros(1, 5, V))
+
+
 def test_init_weights_is_reproducible_from_a_generator():
     a, b = make("alibi-window-memkv", seed=7), make("alibi-window-memkv", seed=7)
     for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .attend import attention_lse, explicit_attention, fused_attention
+from .calls import call
 from .positional import apply_rotary
 
 
@@ -145,7 +146,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
         H, K, D = self.heads, self.kv_heads, self.head_dim
-        qk, v = self.qkv(x).split(((H + K) * D, K * D), dim=-1)
+        mods = self._modules
+        qk, v = call(mods["qkv"], x).split(((H + K) * D, K * D), dim=-1)
         qk = qk.view(B, T, H + K, D)  # queries and keys side by side: norm and rotate them at once
         if self.qk_norm:
             qk = F.normalize(qk, dim=-1)
@@ -210,7 +212,7 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
         if self.value_gate is not None:
             y = y * torch.sigmoid(self.value_gate(x))
-        y = self.out(y)
+        y = call(mods["out"], y)
         return F.glu(y, dim=-1) if self.on_attn else y
 
     def _mix_values(self, x, v, ctx: Context, step: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .attention import Attention, Context
+from .calls import call
 
 
 class RMSNorm(nn.Module):
@@ -86,7 +87,8 @@ class FeedForward(nn.Module):
         self.proj_out = nn.Linear(inner, cfg.dim, bias=cfg.ff_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.proj_in(x)
+        mods = self._modules  # a plain dict: no Module.__getattr__ per access
+        h = call(mods["proj_in"], x)
         if self.glu:
             h, gate = h.chunk(2, dim=-1)
             h = h * self.act(gate)
@@ -96,7 +98,7 @@ class FeedForward(nn.Module):
             h = self.post_act_norm(h)
         if self.dropout and self.training:
             h = F.dropout(h, self.dropout)
-        return self.proj_out(h)
+        return call(mods["proj_out"], h)
 
 
 class Block(nn.Module):
@@ -116,6 +118,7 @@ class Block(nn.Module):
         self.attn = Attention(cfg, value_mix) if attn else None
         self.ff_norm = make_norm(cfg) if ff else None
         self.ff = FeedForward(cfg) if ff else None
+        self.has_attn, self.has_ff = attn, ff
         self.pre_norm = cfg.pre_norm
         self.layer_dropout = cfg.layer_dropout
         self.ff_scale = 0.5 if cfg.macaron else 1.0
@@ -136,10 +139,11 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); ``step`` is this call's position in the execution order."""
         if self.plain:  # the common case, with nothing to decide per branch
-            if self.attn is not None:
-                x = x + self.attn(self.attn_norm(x), ctx, step)
-            if self.ff is not None:
-                x = x + self.ff(self.ff_norm(x))
+            mods = self._modules  # a plain dict: no Module.__getattr__ per access
+            if self.has_attn:
+                x = x + call(mods["attn"], call(mods["attn_norm"], x), ctx, step)
+            if self.has_ff:
+                x = x + call(mods["ff"], call(mods["ff_norm"], x))
             return x
         if self.attn is not None:
             x = self._branch(x, ctx, step, "attn", lambda h: self.attn(h, ctx, step))

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .attention import Context, KVCache
+from .calls import call
 from .layers import NORM_TYPES, Block, make_norm
 from .loss import auto_chunk_rows, linear_cross_entropy
 from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPositionBias, Rotary,
@@ -276,7 +277,7 @@ class Transformer(nn.Module):
             ctx.z_lse = []
         blocks = list(self.blocks)  # plain list indexing: ModuleList.__getitem__ costs a few us per call
         for step, i in enumerate(self.order):
-            x = blocks[i](x, ctx, step)
+            x = call(blocks[i], x, ctx, step)
         return x
 
     def _finish(self, x, ctx: Context, return_embeddings: bool, return_attn_z_loss: bool, attn_z_loss_weight: float,
@@ -288,7 +289,7 @@ class Transformer(nn.Module):
             v = self.cfg.softclamp_output_value
             x = torch.tanh(x / v) * v
         if self.norm is not None:
-            x = self.norm(x)
+            x = call(self.norm, x)
         if targets is not None:
             out = self.loss(x, targets, loss_chunk, ignore_index)
         else:
@@ -300,7 +301,7 @@ class Transformer(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Final embeddings (..., C) -> logits (..., vocab_size)."""
-        logits = self.head(x) if self.head is not None else (x @ self.token_emb.weight.t()) * self.tied_scale
+        logits = call(self.head, x) if self.head is not None else (x @ self.token_emb.weight.t()) * self.tied_scale
         if self.cfg.padded_vocab != self.cfg.vocab_size:
             logits = logits[..., : self.cfg.vocab_size]
         return logits
