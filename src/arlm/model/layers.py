@@ -118,7 +118,6 @@ class Block(nn.Module):
         self.attn = Attention(cfg, value_mix) if attn else None
         self.ff_norm = make_norm(cfg) if ff else None
         self.ff = FeedForward(cfg) if ff else None
-        self.has_attn, self.has_ff = attn, ff
         self.pre_norm = cfg.pre_norm
         self.layer_dropout = cfg.layer_dropout
         self.ff_scale = 0.5 if cfg.macaron else 1.0
@@ -140,10 +139,11 @@ class Block(nn.Module):
         """x (B, T, C) -> (B, T, C); ``step`` is this call's position in the execution order."""
         if self.plain:  # the common case, with nothing to decide per branch
             mods = self._modules  # a plain dict: no Module.__getattr__ per access
-            if self.has_attn:
-                x = x + call(mods["attn"], call(mods["attn_norm"], x), ctx, step)
-            if self.has_ff:
-                x = x + call(mods["ff"], call(mods["ff_norm"], x))
+            attn, ff = mods.get("attn"), mods.get("ff")  # absent parts are plain None attributes
+            if attn is not None:
+                x = x + call(attn, call(mods["attn_norm"], x), ctx, step)
+            if ff is not None:
+                x = x + call(ff, call(mods["ff_norm"], x))
             return x
         if self.attn is not None:
             x = self._branch(x, ctx, step, "attn", lambda h: self.attn(h, ctx, step))

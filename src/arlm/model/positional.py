@@ -105,7 +105,6 @@ class Rotary(nn.Module):
             return cis[None], (scale[None] if scale is not None else None)
         return cis, scale
 
-
     def table_range(self, p: int, T: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``table`` for positions p..p+T-1 shared by every row, as views: (1, T, 1, D/2)."""
         cis = self.cis[p:p + T, None][None]
