@@ -209,6 +209,20 @@ def test_hooks_on_submodules_fire_in_training_and_cached_decoding():
         assert not torch.equal(model(x), torch.zeros(1, 5, V))
 
 
+def test_init_weights_do_not_depend_on_the_storage_layout():
+    # the same seed must give the same weights with wide Linears column-major (the default) or
+    # contiguous (as FSDP2 needs them): the draw follows logical order, not memory order
+    from arlm.model.transformer import store_linears_transposed
+
+    a = make("rotary-gqa", seed=5)
+    b = Transformer(a.cfg)
+    store_linears_transposed(b, transposed=False)
+    b.init_weights(torch.Generator().manual_seed(5))
+    assert any(not p.is_contiguous() for p in a.parameters())
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(pa, pb), name
+
+
 def test_init_weights_is_reproducible_from_a_generator():
     a, b = make("alibi-window-memkv", seed=7), make("alibi-window-memkv", seed=7)
     for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):

@@ -142,7 +142,10 @@ class Transformer(nn.Module):
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
                 s = out_std if name.endswith(("attn.out", "ff.proj_out")) else std
-                m.weight.normal_(0.0, s, generator=g)
+                # drawn in logical (row-major) order, so the same seed gives the same weights
+                # whatever the storage layout (see store_linears_transposed)
+                w = m.weight
+                w.copy_(torch.empty(w.shape, device=w.device, dtype=w.dtype).normal_(0.0, s, generator=g))
                 if m.bias is not None:
                     m.bias.zero_()
                 if name.endswith("value_gate") or (cfg.zero_init_branch_output and name.endswith(("attn.out", "ff.proj_out"))):
