@@ -18,7 +18,7 @@ V, SEQ = 40, 24
 
 BASE = dict(dim=32, depth=2, heads=2, attn_dim_head=16)
 
-OPTIONS: dict[str, tuple[dict, dict, bool]] = {
+CORE: dict[str, tuple[dict, dict, bool]] = {
     "baseline": ({}, {}, True),
     "attn_one_kv_head": ({"attn_one_kv_head": True}, {}, True),
     "attn_kv_heads": ({"heads": 4, "attn_kv_heads": 2}, {}, True),
@@ -79,6 +79,39 @@ OPTIONS: dict[str, tuple[dict, dict, bool]] = {
                                   "attn_max_attend_past": 5, "macaron": True}, {}, True),
 }
 
+
+# One table per option family (the families of model/), joined into OPTIONS below.
+POSITIONS: dict[str, tuple[dict, dict, bool]] = {
+    # (positions: new options go here)
+}
+
+NORMS: dict[str, tuple[dict, dict, bool]] = {
+    # (norms: new options go here)
+}
+
+RESIDUAL: dict[str, tuple[dict, dict, bool]] = {
+    # (residual and layer structure: new options go here)
+}
+
+ATTN_PROJ: dict[str, tuple[dict, dict, bool]] = {
+    # (attention projections, gates and values: new options go here)
+}
+
+ATTN_SCORES: dict[str, tuple[dict, dict, bool]] = {
+    # (attention scores and kernels: new options go here)
+}
+
+FEEDFORWARD: dict[str, tuple[dict, dict, bool]] = {
+    # (feed-forward: new options go here)
+}
+
+EMBEDDING: dict[str, tuple[dict, dict, bool]] = {
+    # (embedding and output: new options go here)
+}
+
+OPTIONS: dict[str, tuple[dict, dict, bool]] = {
+    **CORE, **POSITIONS, **NORMS, **RESIDUAL, **ATTN_PROJ, **ATTN_SCORES, **FEEDFORWARD, **EMBEDDING,
+}
 
 def build(name: str, seed: int = 0) -> TransformerWrapper:
     dec, wrap, _ = OPTIONS[name]

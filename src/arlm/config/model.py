@@ -19,6 +19,7 @@ class ModelConfig:
     what each option does, the paper it comes from and its x-transformers keyword.
     """
 
+    # --- shape ---
     vocab_size: int = 256
     max_seq_len: int = 256
     dim: int = 256
@@ -26,12 +27,9 @@ class ModelConfig:
     heads: int = 4
     dim_head: int | None = None  # None: dim // heads
     kv_heads: int | None = None  # None: heads (multi-head); 1: multi-query; else grouped-query
-    ff_mult: float = 4.0
-    ff_glu: bool = False
-    ff_activation: str = "gelu"
-    ff_bias: bool = True  # False: no biases in the feed-forward (a GLU input projection keeps its bias, as x-transformers)
-    ff_post_act_ln: bool = False
-    norm: str = "layernorm"
+    vocab_pad_multiple: int = 1  # pad the embedding/logit rows (never the sampled vocabulary)
+
+    # --- positions (model/positional.py) ---
     pos_emb: str = "absolute"
     rotary_dim: int | None = None  # None: dim_head // 2, as x-transformers
     rotary_base: float = 10000.0
@@ -45,23 +43,21 @@ class ModelConfig:
     rel_pos_max_distance: int = 128
     dynamic_pos_bias_log_distance: bool = False
     dynamic_pos_bias_mlp_depth: int = 2
+    # (positions: new options go here)
+
+    # --- norms (model/norms.py) ---
+    norm: str = "layernorm"
     qk_norm: bool = False
     qk_norm_scale: float = 10.0
-    max_attend_past: int | None = None  # sliding window: a query sees at most this many earlier positions
-    attn_softclamp_logits: bool = False
-    attn_logit_softclamp_value: float = 50.0
-    attn_gate_values: bool = False
-    attn_head_scale: bool = False
-    attn_num_mem_kv: int = 0
-    attn_add_zero_kv: bool = False
-    attn_on_attn: bool = False
-    attn_pre_talking_heads: bool = False
-    attn_post_talking_heads: bool = False
-    attn_sparse_topk: int | None = None
-    residual_attn: bool = False
-    add_value_residual: bool = False
     pre_norm: bool = True
     sandwich_norm: bool = False
+    l2norm_embed: bool = False
+    post_emb_norm: bool = False
+    # (norms: new options go here)
+
+    # --- residual and layer structure (model/block.py, model/residual.py) ---
+    residual_attn: bool = False
+    add_value_residual: bool = False
     gate_residual: bool = False
     scale_residual: bool = False
     zero_init_branch_output: bool = False
@@ -73,15 +69,41 @@ class ModelConfig:
     par_ratio: int | None = None
     sandwich_coef: int | None = None
     weight_tie_layers: bool = False
-    l2norm_embed: bool = False
-    post_emb_norm: bool = False
+    # (residual: new options go here)
+
+    # --- attention (model/attention.py, model/attend.py) ---
+    max_attend_past: int | None = None  # sliding window: a query sees at most this many earlier positions
+    attn_softclamp_logits: bool = False
+    attn_logit_softclamp_value: float = 50.0
+    attn_gate_values: bool = False
+    attn_head_scale: bool = False
+    attn_num_mem_kv: int = 0
+    attn_add_zero_kv: bool = False
+    attn_on_attn: bool = False
+    attn_pre_talking_heads: bool = False
+    attn_post_talking_heads: bool = False
+    attn_sparse_topk: int | None = None
+    # (attention projections, gates and values: new options go here)
+    # (attention scores and kernels: new options go here)
+
+    # --- feed-forward (model/feedforward.py) ---
+    ff_mult: float = 4.0
+    ff_glu: bool = False
+    ff_activation: str = "gelu"
+    ff_bias: bool = True  # False: no biases in the feed-forward (a GLU input projection keeps its bias, as x-transformers)
+    ff_post_act_ln: bool = False
+    # (feed-forward: new options go here)
+
+    # --- embedding and output ---
     num_memory_tokens: int = 0
     tie_embedding: bool = False
+    # (embedding and output: new options go here)
+
+    # --- regularisation and initialisation ---
     emb_dropout: float = 0.0
     attn_dropout: float = 0.0
     ff_dropout: float = 0.0
     layer_dropout: float = 0.0
-    vocab_pad_multiple: int = 1  # pad the embedding/logit rows (never the sampled vocabulary)
     init_std: float = 0.02
 
     @property
@@ -228,6 +250,13 @@ class ModelConfig:
         if self.sandwich_norm and not self.pre_norm:
             raise ConfigError("model.sandwich_norm needs model.pre_norm=true (it normalises the pre-norm branch output)")
         self._validate_layout()
+        self._validate_positions()
+        self._validate_norms()
+        self._validate_residual()
+        self._validate_attention_projections()
+        self._validate_attention_scores()
+        self._validate_feedforward()
+        self._validate_embedding()
         for name in ("emb_dropout", "attn_dropout", "ff_dropout", "layer_dropout"):
             v = getattr(self, name)
             if not (0.0 <= v < 1.0):
@@ -255,3 +284,26 @@ class ModelConfig:
                 raise ConfigError(f"model.par_ratio={self.par_ratio} leaves no room for attention at depth {self.depth}")
         if self.sandwich_coef is not None and not (isinstance(self.sandwich_coef, int) and 1 <= self.sandwich_coef <= self.depth):
             raise ConfigError(f"model.sandwich_coef must be an integer in [1, depth={self.depth}], got {self.sandwich_coef!r}")
+
+    # one method per option family, so each family's rules sit together
+
+    def _validate_positions(self) -> None:
+        pass
+
+    def _validate_norms(self) -> None:
+        pass
+
+    def _validate_residual(self) -> None:
+        pass
+
+    def _validate_attention_projections(self) -> None:
+        pass
+
+    def _validate_attention_scores(self) -> None:
+        pass
+
+    def _validate_feedforward(self) -> None:
+        pass
+
+    def _validate_embedding(self) -> None:
+        pass

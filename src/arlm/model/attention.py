@@ -19,6 +19,7 @@ from torch import nn
 from ..config import ModelConfig
 from .attend import attention_lse, explicit_attention, fused_attention
 from .calls import call
+from .context import Context
 from .positional import apply_rotary
 
 
@@ -70,42 +71,6 @@ class KVCache:
         self.v = [t.index_select(0, index) for t in self.v]
         if self.shift is not None:
             self.shift = [t.index_select(0, index) for t in self.shift]
-
-
-class Context:
-    """Per-forward inputs shared by every layer (built once by the Transformer).
-
-    rope: rotary tables or None. slots: (T,) internal slots of the rows being computed (memory
-    tokens first); kv_slots: the same in the KV cache, after its memory/zero key-value slots.
-    mask: SDPA mask (bool visible, or additive float with -inf), None with ``causal`` for the
-    fused causal kernel. visible/bias: the same split in two for the explicit-score path.
-    pad: (B, T) True on left-padding rows (token shifting zeroes them), or None.
-    steps: per execution step (kv layer, previous attention step, shift buffer for attn, for ff),
-    -1 where absent. State carried between layers (first-layer values, each step's scores) is
-    keyed by step, so activation checkpointing can re-run any block and see the same inputs.
-    """
-
-    __slots__ = ("rope", "slots", "kv_slots", "causal", "mask", "visible", "bias", "pad", "cache", "steps",
-                 "first_attn_step", "scores", "values", "z_lse", "kv_end", "slot0")
-
-    def __init__(self, steps, first_attn_step: int, rope=None, slots=None, kv_slots=None, pad=None, cache=None):
-        self.steps, self.first_attn_step = steps, first_attn_step
-        self.rope, self.slots, self.kv_slots, self.pad, self.cache = rope, slots, kv_slots, pad, cache
-        self.causal, self.mask, self.visible, self.bias = True, None, None, None
-        self.scores: dict[int, torch.Tensor] = {}
-        self.values = None
-        self.z_lse: list[torch.Tensor] | None = None  # per-layer attention log-sum-exp, for the z-loss
-        self.kv_end: int | None = None  # read cache slots [0, kv_end) only (None: all of them)
-        self.slot0: int | None = None  # the rows are cache slots slot0.. (write by slicing, not index_copy)
-
-    def kv(self, step: int):
-        if self.cache is None:
-            return None
-        i = self.steps[step][0]
-        return self.cache.k[i], self.cache.v[i]
-
-    def shift_buffer(self, step: int, kind: str) -> torch.Tensor:
-        return self.cache.shift[self.steps[step][2 if kind == "attn" else 3]]
 
 
 class Attention(nn.Module):
@@ -195,7 +160,7 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         scores = None
         if self.explicit:
-            prev = ctx.scores.get(ctx.steps[step][1]) if self.residual_attn else None
+            prev = ctx.scores.get(ctx.steps[step].prev_attn) if self.residual_attn else None
             y, scores = explicit_attention(
                 q, k, v, scale=self.scale, visible=ctx.visible, bias=ctx.bias, prev_scores=prev,
                 pre_talking=self.pre_talking_heads, post_talking=self.post_talking_heads, softclamp=self.softclamp,

@@ -27,34 +27,20 @@ def _layers(v) -> str:
     return "".join(v) if isinstance(v, (tuple, list)) else str(v)
 
 
-# Decoder keyword -> (ModelConfig field or None when handled in model_fields, converter).
-_DECODER_KWARGS: dict[str, tuple[str | None, Any]] = {
+# Decoder keyword -> (ModelConfig field or None when handled in a *_fields function, converter),
+# one table per option family.
+_CORE_KWARGS: dict[str, tuple[str | None, Any]] = {
     "heads": ("heads", int),
     "attn_dim_head": ("dim_head", int),
-    "attn_dropout": ("attn_dropout", float),
     "attn_kv_heads": ("kv_heads", int),
     "attn_one_kv_head": (None, bool),
-    "attn_qk_norm": ("qk_norm", bool),
-    "attn_qk_norm_scale": ("qk_norm_scale", float),
     "attn_flash": (None, bool),  # accepted for compatibility: arlm uses fused SDPA whenever the options allow
-    "attn_max_attend_past": ("max_attend_past", _int_or_none),
-    "attn_softclamp_logits": ("attn_softclamp_logits", bool),
-    "attn_logit_softclamp_value": ("attn_logit_softclamp_value", float),
-    "attn_gate_values": ("attn_gate_values", bool),
-    "attn_head_scale": ("attn_head_scale", bool),
-    "attn_num_mem_kv": ("attn_num_mem_kv", int),
-    "attn_add_zero_kv": ("attn_add_zero_kv", bool),
-    "attn_on_attn": ("attn_on_attn", bool),
-    "attn_pre_talking_heads": ("attn_pre_talking_heads", bool),
-    "attn_post_talking_heads": ("attn_post_talking_heads", bool),
-    "attn_sparse_topk": ("attn_sparse_topk", _int_or_none),
-    "ff_mult": ("ff_mult", float),
-    "ff_glu": ("ff_glu", bool),
-    "ff_swish": (None, bool),
-    "ff_relu_squared": (None, bool),
-    "ff_no_bias": (None, bool),
-    "ff_post_act_ln": ("ff_post_act_ln", bool),
+    "attn_dropout": ("attn_dropout", float),
     "ff_dropout": ("ff_dropout", float),
+    "layer_dropout": ("layer_dropout", float),
+}
+
+_POSITION_KWARGS: dict[str, tuple[str | None, Any]] = {
     "rotary_pos_emb": (None, bool),
     "rotary_emb_dim": ("rotary_dim", int),
     "rotary_base": ("rotary_base", float),  # arlm addition (x-transformers fixes 10000)
@@ -62,9 +48,6 @@ _DECODER_KWARGS: dict[str, tuple[str | None, Any]] = {
     "rotary_xpos_scale_base": ("rotary_xpos_scale_base", float),
     "rotary_interpolation_factor": ("rotary_interpolation_factor", float),
     "rotary_base_rescale_factor": ("rotary_base_rescale_factor", float),
-    "use_rmsnorm": (None, bool),
-    "use_scalenorm": (None, bool),
-    "use_simple_rmsnorm": (None, bool),
     "alibi_pos_bias": (None, bool),
     "alibi_num_heads": ("alibi_num_heads", _int_or_none),
     "rel_pos_bias": (None, bool),
@@ -73,10 +56,22 @@ _DECODER_KWARGS: dict[str, tuple[str | None, Any]] = {
     "dynamic_pos_bias": (None, bool),
     "dynamic_pos_bias_log_distance": ("dynamic_pos_bias_log_distance", bool),
     "dynamic_pos_bias_mlp_depth": ("dynamic_pos_bias_mlp_depth", int),
-    "residual_attn": ("residual_attn", bool),
-    "add_value_residual": ("add_value_residual", bool),
+    "attn_max_attend_past": ("max_attend_past", _int_or_none),
+}
+
+_NORM_KWARGS: dict[str, tuple[str | None, Any]] = {
+    "use_rmsnorm": (None, bool),
+    "use_scalenorm": (None, bool),
+    "use_simple_rmsnorm": (None, bool),
+    "attn_qk_norm": ("qk_norm", bool),
+    "attn_qk_norm_scale": ("qk_norm_scale", float),
     "pre_norm": ("pre_norm", bool),
     "sandwich_norm": ("sandwich_norm", bool),
+}
+
+_RESIDUAL_KWARGS: dict[str, tuple[str | None, Any]] = {
+    "residual_attn": ("residual_attn", bool),
+    "add_value_residual": ("add_value_residual", bool),
     "gate_residual": ("gate_residual", bool),
     "scale_residual": ("scale_residual", bool),
     "zero_init_branch_output": ("zero_init_branch_output", bool),
@@ -88,7 +83,36 @@ _DECODER_KWARGS: dict[str, tuple[str | None, Any]] = {
     "par_ratio": ("par_ratio", _int_or_none),
     "sandwich_coef": ("sandwich_coef", _int_or_none),
     "weight_tie_layers": ("weight_tie_layers", bool),
-    "layer_dropout": ("layer_dropout", float),
+}
+
+_ATTN_PROJ_KWARGS: dict[str, tuple[str | None, Any]] = {
+    "attn_gate_values": ("attn_gate_values", bool),
+    "attn_head_scale": ("attn_head_scale", bool),
+    "attn_num_mem_kv": ("attn_num_mem_kv", int),
+    "attn_add_zero_kv": ("attn_add_zero_kv", bool),
+    "attn_on_attn": ("attn_on_attn", bool),
+}
+
+_ATTN_SCORE_KWARGS: dict[str, tuple[str | None, Any]] = {
+    "attn_softclamp_logits": ("attn_softclamp_logits", bool),
+    "attn_logit_softclamp_value": ("attn_logit_softclamp_value", float),
+    "attn_pre_talking_heads": ("attn_pre_talking_heads", bool),
+    "attn_post_talking_heads": ("attn_post_talking_heads", bool),
+    "attn_sparse_topk": ("attn_sparse_topk", _int_or_none),
+}
+
+_FF_KWARGS: dict[str, tuple[str | None, Any]] = {
+    "ff_mult": ("ff_mult", float),
+    "ff_glu": ("ff_glu", bool),
+    "ff_swish": (None, bool),
+    "ff_relu_squared": (None, bool),
+    "ff_no_bias": (None, bool),
+    "ff_post_act_ln": ("ff_post_act_ln", bool),
+}
+
+_DECODER_KWARGS: dict[str, tuple[str | None, Any]] = {
+    **_CORE_KWARGS, **_POSITION_KWARGS, **_NORM_KWARGS, **_RESIDUAL_KWARGS, **_ATTN_PROJ_KWARGS,
+    **_ATTN_SCORE_KWARGS, **_FF_KWARGS,
 }
 
 # TransformerWrapper keyword -> ModelConfig field (None: handled in TransformerWrapper).
@@ -139,6 +163,41 @@ def _exclusive(kw: dict, names: tuple[str, ...], what: str) -> None:
         raise TypeError(f"{' and '.join(on)} are exclusive; choose one {what}")
 
 
+# Per-family translation of the keywords that do not map one-to-one onto a ModelConfig field.
+# Each takes the Decoder's keywords and the fields built so far, and fills ``out``.
+
+def _position_fields(kw: dict, out: dict) -> None:
+    _exclusive(kw, ("alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias"), "position bias")
+    out["pos_bias"] = ("alibi" if kw.get("alibi_pos_bias") else "t5" if kw.get("rel_pos_bias")
+                       else "dynamic" if kw.get("dynamic_pos_bias") else "none")
+    # as x-transformers: xPos implies rotary
+    out["rotary"] = bool(kw.get("rotary_pos_emb") or kw.get("rotary_xpos"))
+
+
+def _norm_fields(kw: dict, out: dict) -> None:
+    _exclusive(kw, ("use_rmsnorm", "use_scalenorm", "use_simple_rmsnorm"), "norm")
+    out["norm"] = ("rmsnorm" if kw.get("use_rmsnorm") else "scalenorm" if kw.get("use_scalenorm")
+                   else "simple_rmsnorm" if kw.get("use_simple_rmsnorm") else "layernorm")
+
+
+def _residual_fields(kw: dict, out: dict) -> None:
+    pass
+
+
+def _attn_proj_fields(kw: dict, out: dict) -> None:
+    pass
+
+
+def _attn_score_fields(kw: dict, out: dict) -> None:
+    pass
+
+
+def _ff_fields(kw: dict, out: dict) -> None:
+    _exclusive(kw, ("ff_swish", "ff_relu_squared"), "activation")
+    out["ff_activation"] = "relu_squared" if kw.get("ff_relu_squared") else ("swish" if kw.get("ff_swish") else "gelu")
+    out["ff_bias"] = not kw.get("ff_no_bias", False)
+
+
 class Decoder:
     """A causal stack of attention layers, as x-transformers' ``Decoder``.
 
@@ -169,17 +228,9 @@ class Decoder:
             if kw.get("attn_kv_heads") is not None:
                 raise TypeError("set either attn_one_kv_head=True or attn_kv_heads, not both")
             out["kv_heads"] = 1
-        _exclusive(kw, ("ff_swish", "ff_relu_squared"), "activation")
-        out["ff_activation"] = "relu_squared" if kw.get("ff_relu_squared") else ("swish" if kw.get("ff_swish") else "gelu")
-        out["ff_bias"] = not kw.get("ff_no_bias", False)
-        _exclusive(kw, ("use_rmsnorm", "use_scalenorm", "use_simple_rmsnorm"), "norm")
-        out["norm"] = ("rmsnorm" if kw.get("use_rmsnorm") else "scalenorm" if kw.get("use_scalenorm")
-                       else "simple_rmsnorm" if kw.get("use_simple_rmsnorm") else "layernorm")
-        _exclusive(kw, ("alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias"), "position bias")
-        out["pos_bias"] = ("alibi" if kw.get("alibi_pos_bias") else "t5" if kw.get("rel_pos_bias")
-                           else "dynamic" if kw.get("dynamic_pos_bias") else "none")
-        # as x-transformers: xPos implies rotary
-        out["rotary"] = bool(kw.get("rotary_pos_emb") or kw.get("rotary_xpos"))
+        for family in (_position_fields, _norm_fields, _residual_fields, _attn_proj_fields, _attn_score_fields,
+                       _ff_fields):
+            family(kw, out)
         return out
 
     def __repr__(self) -> str:

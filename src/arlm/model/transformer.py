@@ -20,10 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .attention import Context, KVCache
+from .attention import KVCache
+from .block import Block
 from .calls import call
-from .layers import NORM_TYPES, Block, make_norm
+from .context import Context, make_context, plan_steps
 from .loss import auto_chunk_rows, linear_cross_entropy
+from .norms import NORM_TYPES, make_norm
 from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPositionBias, Rotary,
                          ScaledSinusoidalEmbedding, T5RelativeBias)
 
@@ -100,7 +102,7 @@ class Transformer(nn.Module):
         # execution order over blocks (weight_tie_layers runs the same block depth times)
         self.order = list(range(len(self.blocks))) * (cfg.depth if cfg.weight_tie_layers else 1)
         self.n_branches = len(cfg.execute_order)
-        self._steps, self._first_attn_step = self._plan_steps(specs)
+        self._steps, self._first_attn_step = plan_steps(specs, self.order)
         # post-norm stacks end with a normalised residual already; x-transformers has no final norm there
         self.norm = make_norm(cfg) if cfg.pre_norm else None
         self.head = None if cfg.tie_embedding else nn.Linear(cfg.dim, cfg.padded_vocab, bias=False)
@@ -114,21 +116,6 @@ class Transformer(nn.Module):
         self._lean_decode = not (self.needs_mask or M or cfg.shift_tokens or self.pos_emb is not None)
         self.init_weights()
         store_linears_transposed(self)
-
-    def _plan_steps(self, specs) -> tuple[list[tuple[int, int, int, int]], int]:
-        """Per execution step: (KV cache layer, previous attention step, shift buffer of the
-        attention branch, of the feed-forward branch), -1 where the block has no such part."""
-        steps, kv, shift, prev, first = [], 0, 0, -1, -1
-        for step, b in enumerate(self.order):
-            has_attn, has_ff = specs[b]
-            row = (kv if has_attn else -1, prev, shift if has_attn else -1, shift + has_attn if has_ff else -1)
-            steps.append(row)
-            kv += has_attn
-            shift += has_attn + has_ff
-            if has_attn:
-                prev = step
-                first = step if first < 0 else first
-        return steps, first
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
@@ -240,7 +227,7 @@ class Transformer(nn.Module):
             slots = torch.cat((mem, input_pos + M))
             positions = (torch.cat((mem, positions + M)) if positions.dim() == 1
                          else torch.cat((mem[None].expand(B, -1), positions + M), dim=1))
-        ctx = self._context(slots, positions, start, cache, key_mask, kv_len)
+        ctx = make_context(self, slots, positions, start, cache, key_mask, kv_len)
         x = self._blocks(x, ctx, return_attn_z_loss)
         if M:
             x = x[:, M:]
@@ -319,70 +306,6 @@ class Transformer(nn.Module):
             return F.cross_entropy(self.logits(x).float().flatten(0, -2), targets.flatten(), ignore_index=ignore_index)
         w, scale = (self.head.weight, 1.0) if self.head is not None else (self.token_emb.weight, self.tied_scale)
         return linear_cross_entropy(x, w[: self.cfg.vocab_size], targets, scale, rows, ignore_index)
-
-    def _context(self, slots, positions, start, cache, key_mask, kv_len=None) -> Context:
-        """Everything the layers share: rotary tables, the mask (or the causal fast path), the
-        position bias, and the left-padding rows. slots (T,) are internal rows incl. memory;
-        positions (T,) | (B, T) count from each row's first real token (memory first)."""
-        M = self.num_memory_tokens
-        rope = self.rotary.table(positions) if self.rotary is not None else None
-        pad = None
-        if start is not None and self.cfg.shift_tokens:
-            pad = slots[None, :] < (start[:, None] + M)  # (B, T)
-        P = self.kv_prefix
-        ctx = Context(self._steps, self._first_attn_step, rope=rope, slots=slots,
-                      kv_slots=slots + P if P else slots, pad=pad, cache=cache)
-        if not (self.needs_mask or cache is not None or start is not None or key_mask is not None):
-            return ctx  # fused causal SDPA, nothing materialised
-        S = cache.slots - P if cache is not None else slots.shape[0]  # key rows after the P prefix columns
-        if cache is not None and kv_len is not None:
-            S = M + kv_len  # read only the slots in use
-            ctx.kv_end = P + S
-            T = slots.shape[0]
-            if not (self.needs_mask or start is not None) and (T == 1 or T == S):
-                # one new token sees every slot in use; a prefill from slot 0 is plain causal
-                ctx.causal = T > 1
-                return ctx
-        ctx.causal = False
-        device = slots.device
-        kslots = torch.arange(S, device=device) if cache is not None else slots  # (S,)
-        visible = (kslots[None, :] <= slots[:, None])[None]  # (1, T, S)
-        if start is not None:
-            real = (kslots[None, :] >= start[:, None] + M) | (kslots[None, :] < M)  # (B, S)
-            visible = (visible & real[:, None, :]) | (kslots[None, :] == slots[:, None])[None]  # (B, T, S)
-        if key_mask is not None:
-            km = key_mask.bool()
-            if M:
-                km = torch.cat((km.new_ones(km.shape[0], M), km), dim=1)
-            visible = visible & (km[:, None, :] | (kslots[None, :] == slots[:, None])[None])
-        dist = None
-        if self.pos_bias is not None or self.cfg.max_attend_past is not None:
-            kpos = positions if cache is None else self._slot_positions(S, start, device)  # (S,) | (B, S)
-            qp = positions if positions.dim() == 2 else positions[None]
-            kp = kpos if kpos.dim() == 2 else kpos[None]
-            dist = qp[:, :, None] - kp[:, None, :]  # (B|1, T, S) query position - key position
-        if self.cfg.max_attend_past is not None:
-            # sliding-window attention (Child et al. 2019; Beltagy et al. 2020, Longformer)
-            visible = visible & (dist <= self.cfg.max_attend_past)
-        visible = visible[:, None]  # (B|1, 1, T, S)
-        bias = self.pos_bias(dist) if self.pos_bias is not None else None  # (B|1, H, T, S)
-        if P:  # memory / zero key columns: always visible, no position bias
-            visible = F.pad(visible, (P, 0), value=True)
-            bias = F.pad(bias, (P, 0), value=0.0) if bias is not None else None
-        if self.cfg.needs_scores:
-            ctx.visible, ctx.bias = visible, bias
-        else:
-            ctx.mask = visible if bias is None else bias.masked_fill(~visible, float("-inf"))
-        return ctx
-
-    def _slot_positions(self, S: int, start, device) -> torch.Tensor:
-        """Positions of all S cache slots: memory m -> m, token slot s -> M + (s - M - start)."""
-        M = self.num_memory_tokens
-        s = torch.arange(S, device=device)
-        if start is None:
-            return s
-        tok = (s[None, :] - M - start[:, None]).clamp(min=0) + M  # (B, S)
-        return torch.where(s[None, :] < M, s[None, :], tok)
 
     def num_params(self, exclude_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

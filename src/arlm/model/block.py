@@ -1,4 +1,4 @@
-"""Norms, feed-forward variants and the residual block.
+"""The residual block: an attention sublayer and/or a feed-forward sublayer, each a residual branch.
 
 Dims: B batch, T time, C model dim.
 """
@@ -10,95 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .attention import Attention, Context
+from .attention import Attention
 from .calls import call
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm (Zhang & Sennrich 2019) written as x-transformers does: l2-normalise, times sqrt(C),
-    times a learned gain, so converted weights give identical outputs."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.scale = dim**0.5
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1) * self.scale * self.weight
-
-
-class ScaleNorm(RMSNorm):
-    """ScaleNorm (Nguyen & Salazar 2019): RMSNorm with one learned scalar gain."""
-
-    def __init__(self, dim: int):
-        super().__init__(dim)
-        self.weight = nn.Parameter(torch.ones(1))
-
-
-class SimpleRMSNorm(nn.Module):
-    """RMSNorm without a learned gain (Qin et al. 2023, TransNormerLLM's SimpleRMSNorm)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.scale = dim**0.5
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1) * self.scale
-
-
-NORM_TYPES = (nn.LayerNorm, RMSNorm, SimpleRMSNorm)
-
-
-def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
-    dim = dim or cfg.dim
-    if cfg.norm == "rmsnorm":
-        return RMSNorm(dim)
-    if cfg.norm == "scalenorm":
-        return ScaleNorm(dim)
-    if cfg.norm == "simple_rmsnorm":
-        return SimpleRMSNorm(dim)
-    # bias-free LayerNorm: the x-transformers default, more stable than with a bias
-    return nn.LayerNorm(dim, bias=False)
-
-
-def relu_squared(x: torch.Tensor) -> torch.Tensor:
-    """relu(x)**2 (So et al. 2021, Primer)."""
-    return F.relu(x).square()
-
-
-# plain functions, not modules: an activation has no state, and a module call per layer per
-# decoded token is measurable overhead at batch 1
-ACTIVATIONS = {"gelu": F.gelu, "swish": F.silu, "relu_squared": relu_squared}
-
-
-class FeedForward(nn.Module):
-    """Position-wise MLP; ``ff_glu`` gates it (Shazeer 2020, GLU variants): proj_in gives
-    [up, gate] and the hidden is up * act(gate). As in x-transformers a GLU input projection keeps
-    its bias when ``ff_bias`` is off. ``ff_post_act_ln`` normalises the hidden (NormFormer)."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        inner = cfg.ff_inner_dim
-        self.glu = cfg.ff_glu
-        self.proj_in = nn.Linear(cfg.dim, inner * (2 if cfg.ff_glu else 1), bias=cfg.ff_bias or cfg.ff_glu)
-        self.act = ACTIVATIONS[cfg.ff_activation]
-        self.post_act_norm = nn.LayerNorm(inner, bias=False) if cfg.ff_post_act_ln else None
-        self.dropout = cfg.ff_dropout
-        self.proj_out = nn.Linear(inner, cfg.dim, bias=cfg.ff_bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mods = self._modules  # a plain dict: no Module.__getattr__ per access
-        h = call(mods["proj_in"], x)
-        if self.glu:
-            h, gate = h.chunk(2, dim=-1)
-            h = h * self.act(gate)
-        else:
-            h = self.act(h)
-        if self.post_act_norm is not None:
-            h = self.post_act_norm(h)
-        if self.dropout and self.training:
-            h = F.dropout(h, self.dropout)
-        return call(mods["proj_out"], h)
+from .context import Context
+from .feedforward import FeedForward
+from .norms import make_norm
 
 
 class Block(nn.Module):
