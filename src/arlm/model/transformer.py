@@ -159,6 +159,11 @@ class Transformer(nn.Module):
                 p.copy_(torch.eye(p.shape[0]))
         if isinstance(self.pos_emb, ScaledSinusoidalEmbedding):
             self.pos_emb.scale.fill_(cfg.dim**-0.5)
+        # option modules that start somewhere special say so themselves, after the generic pass:
+        # ``init_option_(generator)`` on any submodule (its paper's init, beside its code)
+        for m in self.modules():
+            if m is not self and hasattr(m, "init_option_"):
+                m.init_option_(g)
 
     def new_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
         """A preallocated KV cache for ``batch_size`` rows and ``max_len`` slots."""
