@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .cpu_layout import decodes
 from .decode import Stepper
 
 
@@ -19,6 +20,7 @@ def _norm(score: float, length: int, length_penalty: float) -> float:
     return score / (max(length, 1) ** length_penalty)
 
 
+@decodes()
 @torch.inference_mode()
 def beam_search(model, ids: torch.Tensor, start: torch.Tensor | None, seq_len: int, *, beams: int = 4,
                 eos_token: int | None = None, length_penalty: float = 1.0, stochastic: bool = False,

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from .cpu_layout import decodes
 from .filters import identity
 
 
@@ -175,6 +176,7 @@ class Stepper:
         self.seen = min(self.seen, total)
 
 
+@decodes()
 @torch.inference_mode()
 def stream_tokens(model, ids: torch.Tensor, start: torch.Tensor | None, max_new_tokens: int, *,
                   temperature: float = 1.0, filter_fn: Callable = identity, filter_kwargs: dict | None = None,

@@ -17,10 +17,12 @@ from typing import Callable, Iterator
 
 import torch
 
+from .cpu_layout import decodes
 from .decode import Stepper, filtered_probs
 from .filters import identity
 
 
+@decodes(0, 1)
 @torch.inference_mode()
 def speculative_tokens(model, draft_model, ids: torch.Tensor, start: torch.Tensor | None, max_new_tokens: int, *,
                        num_draft_tokens: int = 4, temperature: float = 1.0, filter_fn: Callable = identity,

@@ -5,6 +5,10 @@ Dims: B batch, T query time, S key time, H heads, D head size, R rotary size (R 
 Positions are (T,) when shared by every row or (B, T) for left-padded ragged batches; biases
 depend only on query position minus key position, so cached decoding computes them for the
 slots it needs and gets the same values as a full forward.
+
+Derived tables (rotary angles, sinusoid frequencies, ALiBi slopes) are computed on the CPU even
+under ``torch.device("meta")``: they are not in the state dict, so a model built on the meta
+device and loaded with ``load_state_dict(..., assign=True)`` still has them (``.to()`` moves them).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class ScaledSinusoidalEmbedding(nn.Module):
         super().__init__()
         half = dim // 2
         self.scale = nn.Parameter(torch.full((1,), dim**-0.5))
-        self.register_buffer("inv_freq", theta ** -(torch.arange(half, dtype=torch.float32) / half), persistent=False)
+        self.register_buffer("inv_freq", theta ** -(torch.arange(half, dtype=torch.float32, device="cpu") / half), persistent=False)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:  # (T,) | (B, T) -> (..., T, C)
         angles = positions.to(self.inv_freq.dtype)[..., None] * self.inv_freq  # (..., T, C/2)
@@ -70,8 +74,8 @@ class Rotary(nn.Module):
         self.rot_dim = rot_dim
         if base_rescale_factor != 1.0:
             base = base * base_rescale_factor ** (rot_dim / (rot_dim - 2))
-        inv_freq = 1.0 / (base ** (torch.arange(0, rot_dim, 2, dtype=torch.float32) / rot_dim))
-        t = torch.arange(max_positions, dtype=torch.float32)
+        inv_freq = 1.0 / (base ** (torch.arange(0, rot_dim, 2, dtype=torch.float32, device="cpu") / rot_dim))
+        t = torch.arange(max_positions, dtype=torch.float32, device="cpu")
         freqs = torch.outer(t, inv_freq) / interpolation_factor  # (P, R/2)
         # pass-through pairs (partial rotary) rotate by 1 + 0i, so a whole head is one multiply
         pad = ((head_dim or rot_dim) - rot_dim) // 2
@@ -79,7 +83,7 @@ class Rotary(nn.Module):
         self.register_buffer("cis", cis, persistent=False)
         self.xpos = xpos
         if xpos:
-            decay = (torch.arange(0, rot_dim, 2, dtype=torch.float32) + 0.4 * rot_dim) / (1.4 * rot_dim)  # (R/2,)
+            decay = (torch.arange(0, rot_dim, 2, dtype=torch.float32, device="cpu") + 0.4 * rot_dim) / (1.4 * rot_dim)  # (R/2,)
             power = (t - max_positions // 2) / xpos_scale_base  # (P,)
             xscale = F.pad(decay[None, :] ** power[:, None], (0, pad), value=1.0)  # (P, D/2)
             self.register_buffer("xscale", xscale, persistent=False)
@@ -158,8 +162,8 @@ class AlibiBias(nn.Module):
 
     def __init__(self, alibi_heads: int, heads: int):
         super().__init__()
-        slopes = torch.zeros(heads)
-        slopes[:alibi_heads] = torch.tensor(alibi_slopes(alibi_heads))
+        slopes = torch.zeros(heads, device="cpu")
+        slopes[:alibi_heads] = torch.tensor(alibi_slopes(alibi_heads), device="cpu")
         self.register_buffer("slopes", slopes[:, None, None], persistent=False)  # (H, 1, 1)
 
     def forward(self, dist: torch.Tensor) -> torch.Tensor:  # (B|1, T, S) query - key positions -> (B|1, H, T, S)

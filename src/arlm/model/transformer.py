@@ -46,24 +46,6 @@ def build_blocks(cfg: ModelConfig) -> tuple[list[tuple[bool, bool]], list[tuple[
     return [tuple(b) for b in blocks], where
 
 
-def store_linears_transposed(module: nn.Module, transposed: bool = True) -> None:
-    """Store each wide Linear weight (out > in) column-major: same shape and values, laid out as
-    its transpose, so the longer dimension is contiguous. Batch-1 decode is bound by reading the
-    weights, and CPU GEMV streams a matrix about 2x faster along long contiguous rows (measured:
-    a cold (1024, 256) weight 118 -> 52 us; the reverse change makes a (256, 1024) one 2x slower,
-    so tall weights stay row-major). ``load_state_dict``, ``.to()`` and optimizer state keep
-    the layout; safetensors writes contiguous copies. ``transposed=False`` makes every Linear
-    weight contiguous again (FSDP2 shards contiguous parameters only)."""
-    for m in module.modules():
-        if not isinstance(m, nn.Linear):
-            continue
-        w = m.weight
-        if transposed and m.out_features > m.in_features and w.is_contiguous():
-            m.weight = nn.Parameter(w.detach().t().contiguous().t(), requires_grad=w.requires_grad)
-        elif not transposed and not w.is_contiguous():
-            m.weight = nn.Parameter(w.detach().contiguous(), requires_grad=w.requires_grad)
-
-
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -114,8 +96,8 @@ class Transformer(nn.Module):
         # options that need per-slot index tensors (masks, memory, shifts, absolute positions)
         # take the general path even for an int input_pos
         self._lean_decode = not (self.needs_mask or M or cfg.shift_tokens or self.pos_emb is not None)
-        self.init_weights()
-        store_linears_transposed(self)
+        if not self.token_emb.weight.is_meta:  # a model built on the meta device is initialised by its loader
+            self.init_weights()
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
@@ -130,7 +112,7 @@ class Transformer(nn.Module):
             if isinstance(m, nn.Linear):
                 s = out_std if name.endswith(("attn.out", "ff.proj_out")) else std
                 # drawn in logical (row-major) order, so the same seed gives the same weights
-                # whatever the storage layout (see store_linears_transposed)
+                # whatever the storage layout (see generation/cpu_layout.py)
                 w = m.weight
                 w.copy_(torch.empty(w.shape, device=w.device, dtype=w.dtype).normal_(0.0, s, generator=g))
                 if m.bias is not None:

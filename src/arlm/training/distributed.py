@@ -78,9 +78,6 @@ def shard(model: nn.Module) -> nn.Module:
     freed), the root holds the embeddings and the head. Returns the same model."""
     from torch.distributed.fsdp import fully_shard
 
-    from ..model.transformer import store_linears_transposed
-
-    store_linears_transposed(model, transposed=False)  # fully_shard takes contiguous parameters only
     for block in model.blocks:
         fully_shard(block)
     fully_shard(model)
