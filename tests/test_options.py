@@ -102,6 +102,22 @@ ATTN_SCORES: dict[str, tuple[dict, dict, bool]] = {
 }
 
 FEEDFORWARD: dict[str, tuple[dict, dict, bool]] = {
+    "ff_solu": ({"ff_solu": True}, {}, True),
+    "ff_solu_glu": ({"ff_solu": True, "ff_glu": True, "ff_post_act_ln": True}, {}, True),
+    "ff_glu_mult_bias": ({"ff_glu": True, "ff_glu_mult_bias": True}, {}, True),
+    "ff_glu_softclamp_gelu": ({"ff_glu": True, "ff_glu_softclamp": True, "ff_glu_gate_softclamp_value": 0.5,
+                               "ff_glu_up_softclamp_value": 0.3}, {}, True),
+    "ff_glu_softclamp_swish": ({"ff_glu": True, "ff_swish": True, "ff_glu_softclamp": True,
+                                "ff_glu_gate_softclamp_value": 0.5, "ff_glu_up_softclamp_value": 0.3}, {}, True),
+    "ff_softclamp_value": ({"ff_softclamp_value": 0.2}, {}, True),
+    "ff_zero_init_output": ({"ff_zero_init_output": True}, {}, True),
+    "ff_output_proj_depth": ({"ff_output_proj_depth": 3}, {}, False),  # x-transformers' Decoder passes its own
+    "ff_sublayer_dropout": ({"ff_sublayer_dropout": 0.1}, {}, True),
+    "ff_dim_out": ({"ff_dim_out": 32}, {}, True),
+    "ff_custom_activation_gelu_tanh": ({"ff_custom_activation": torch.nn.GELU(approximate="tanh")}, {}, True),
+    "ff_custom_activation_mish_glu": ({"ff_custom_activation": torch.nn.Mish(), "ff_glu": True}, {}, True),
+    "ff_custom_activation_relu": ({"ff_custom_activation": torch.nn.ReLU()}, {}, True),
+    "ff_custom_activation_softplus": ({"ff_custom_activation": torch.nn.Softplus()}, {}, True),
     # (feed-forward: new options go here)
 }
 

@@ -9,7 +9,7 @@ from .checks import ConfigError, _choice, _positive
 NORMS = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm")
 POS_EMBS = ("absolute", "rotary", "scaled_sinusoidal", "none")
 POS_BIASES = ("none", "alibi", "t5", "dynamic")
-FF_ACTIVATIONS = ("gelu", "swish", "relu_squared")
+FF_ACTIVATIONS = ("gelu", "swish", "relu_squared", "solu", "gelu_tanh", "relu", "mish", "tanh", "sigmoid", "softplus")
 
 @dataclass
 class ModelConfig:
@@ -92,6 +92,14 @@ class ModelConfig:
     ff_activation: str = "gelu"
     ff_bias: bool = True  # False: no biases in the feed-forward (a GLU input projection keeps its bias, as x-transformers)
     ff_post_act_ln: bool = False
+    ff_glu_mult_bias: bool = False  # learned per-channel multiplier on the GLU output (ones init)
+    ff_glu_softclamp: bool = False  # SituGLU: tanh soft-cap on the GLU up branch and the gate's linear factor
+    ff_glu_gate_softclamp_value: float = 4.0
+    ff_glu_up_softclamp_value: float = 25.0
+    ff_softclamp_value: float | None = None  # tanh soft-cap on the (non-GLU) hidden before the activation
+    ff_zero_init_output: bool = False  # output projection starts at zero
+    ff_output_proj_depth: int | None = None  # output projection init std (2 * inner * depth)^-0.5 (OLMo)
+    ff_sublayer_dropout: float = 0.0  # dropout on the feed-forward output
     # (feed-forward: new options go here)
 
     # --- embedding and output ---
@@ -303,7 +311,31 @@ class ModelConfig:
         pass
 
     def _validate_feedforward(self) -> None:
-        pass
+        if not self.ff_glu:
+            for name in ("ff_glu_mult_bias", "ff_glu_softclamp"):
+                if getattr(self, name):
+                    raise ConfigError(f"model.{name} needs model.ff_glu=true (it changes the gated unit)")
+        elif self.ff_softclamp_value is not None:
+            raise ConfigError("model.ff_softclamp_value soft-caps the hidden of the plain feed-forward; with "
+                              "model.ff_glu use model.ff_glu_softclamp (x-transformers ignores it under GLU)")
+        if self.ff_glu_softclamp:
+            if self.ff_activation not in ("gelu", "swish"):
+                raise ConfigError(f"model.ff_glu_softclamp needs model.ff_activation gelu or swish "
+                                  f"(the gate's nonlinear factor), got {self.ff_activation!r}")
+        elif (self.ff_glu_gate_softclamp_value, self.ff_glu_up_softclamp_value) != (4.0, 25.0):
+            raise ConfigError("model.ff_glu_gate_softclamp_value and model.ff_glu_up_softclamp_value need "
+                              "model.ff_glu_softclamp=true")
+        for name in ("ff_glu_gate_softclamp_value", "ff_glu_up_softclamp_value", "ff_softclamp_value"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"model.{name} must be > 0, got {v}")
+        if self.ff_output_proj_depth is not None:
+            _positive(self, "ff_output_proj_depth")
+            if self.ff_zero_init_output:
+                raise ConfigError("model.ff_zero_init_output and model.ff_output_proj_depth both set the output "
+                                  "projection's init; choose one")
+        if not (0.0 <= self.ff_sublayer_dropout < 1.0):
+            raise ConfigError(f"model.ff_sublayer_dropout must be in [0, 1), got {self.ff_sublayer_dropout}")
 
     def _validate_embedding(self) -> None:
         pass

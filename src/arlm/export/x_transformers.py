@@ -156,6 +156,12 @@ def _layer_param(model, j: int, slot: int, rest: str, value, offset: float, put,
             put(f"{prefix}.attn.{m.group(1)}_talking_heads", value[:, :, 0, 0])
             return True
         return False
+    if rest == "ff.0.mult_bias":  # GLU output multiplier
+        put(f"{prefix}.ff.mult_bias", value)
+        return True
+    if re.match(r"^ff\.0\.(?:act|\d+)\.norm\.gamma$", rest):  # SoLU's LayerNorm (no unit offset)
+        put(f"{prefix}.ff.solu_norm.weight", value)
+        return True
     m = re.match(r"^ff\.(\d+)\.(?:0\.|proj\.)?(weight|bias|gamma)$", rest)
     if not m:
         return False

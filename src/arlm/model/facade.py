@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
+from .feedforward import activation_name
 from .transformer import Transformer
 
 
@@ -108,6 +109,17 @@ _FF_KWARGS: dict[str, tuple[str | None, Any]] = {
     "ff_relu_squared": (None, bool),
     "ff_no_bias": (None, bool),
     "ff_post_act_ln": ("ff_post_act_ln", bool),
+    "ff_solu": (None, bool),
+    "ff_custom_activation": (None, activation_name),  # a torch activation module -> its ff_activation name
+    "ff_glu_mult_bias": ("ff_glu_mult_bias", bool),
+    "ff_glu_softclamp": ("ff_glu_softclamp", bool),
+    "ff_glu_gate_softclamp_value": ("ff_glu_gate_softclamp_value", float),
+    "ff_glu_up_softclamp_value": ("ff_glu_up_softclamp_value", float),
+    "ff_softclamp_value": ("ff_softclamp_value", float),
+    "ff_zero_init_output": ("ff_zero_init_output", bool),
+    "ff_output_proj_depth": ("ff_output_proj_depth", int),
+    "ff_sublayer_dropout": ("ff_sublayer_dropout", float),
+    "ff_dim_out": (None, int),
 }
 
 _DECODER_KWARGS: dict[str, tuple[str | None, Any]] = {
@@ -193,9 +205,13 @@ def _attn_score_fields(kw: dict, out: dict) -> None:
 
 
 def _ff_fields(kw: dict, out: dict) -> None:
-    _exclusive(kw, ("ff_swish", "ff_relu_squared"), "activation")
-    out["ff_activation"] = "relu_squared" if kw.get("ff_relu_squared") else ("swish" if kw.get("ff_swish") else "gelu")
+    _exclusive(kw, ("ff_swish", "ff_relu_squared", "ff_solu", "ff_custom_activation"), "activation")
+    out["ff_activation"] = (kw.get("ff_custom_activation") or ("relu_squared" if kw.get("ff_relu_squared") else
+                            "solu" if kw.get("ff_solu") else "swish" if kw.get("ff_swish") else "gelu"))
     out["ff_bias"] = not kw.get("ff_no_bias", False)
+    if kw.get("ff_dim_out") not in (None, out["dim"]):
+        raise TypeError(f"ff_dim_out={kw['ff_dim_out']} is refused: inside a Decoder the feed-forward output is "
+                        f"added to the residual stream, so it must be dim={out['dim']} (leave it unset)")
 
 
 class Decoder:
