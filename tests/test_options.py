@@ -70,6 +70,10 @@ CORE: dict[str, tuple[dict, dict, bool]] = {
     "sandwich_coef": ({"depth": 3, "sandwich_coef": 1}, {}, True),
     "weight_tie_layers": ({"weight_tie_layers": True}, {}, True),
     "add_value_residual": ({"add_value_residual": True}, {}, True),
+    # per-layer values, as x-transformers' tuples (one per attention / feed-forward sublayer)
+    "per_layer_tuples": ({"ff_mult": (4, 2), "ff_glu": (True, False), "ff_swish": (True, False),
+                          "attn_dropout": (0.0, 0.1), "attn_qk_norm": (True, False), "attn_head_scale": (False, True)},
+                         {}, True),
     # interactions: masks, prefixes and carried state together
     "window_alibi_memkv_zerokv": ({"attn_max_attend_past": 4, "alibi_pos_bias": True, "attn_num_mem_kv": 1,
                                    "attn_add_zero_kv": True}, {}, True),

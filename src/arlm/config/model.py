@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .checks import ConfigError, _choice, _positive
 
@@ -10,6 +10,14 @@ NORMS = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm")
 POS_EMBS = ("absolute", "rotary", "scaled_sinusoidal", "none")
 POS_BIASES = ("none", "alibi", "t5", "dynamic")
 FF_ACTIVATIONS = ("gelu", "swish", "relu_squared", "solu", "gelu_tanh", "relu", "mish", "tanh", "sigmoid", "softplus")
+
+# Fields that may take one value per sublayer: each only changes the module it builds (no cache
+# shape, attention path or mask depends on it), so a per-block config is exact.
+PER_LAYER_FIELDS = {
+    "attn": ("attn_dropout", "attn_gate_values", "attn_head_scale", "qk_norm", "qk_norm_scale"),
+    "ff": ("ff_mult", "ff_glu", "ff_activation", "ff_bias", "ff_post_act_ln", "ff_dropout"),
+}
+
 
 @dataclass
 class ModelConfig:
@@ -106,6 +114,11 @@ class ModelConfig:
     num_memory_tokens: int = 0
     tie_embedding: bool = False
     # (embedding and output: new options go here)
+
+    # --- per-layer values (x-transformers' tuples, e.g. ff_mult=(4, 2)) ---
+    # field -> one value per attention sublayer (attention fields) or per feed-forward sublayer
+    # (feed-forward fields), in layer order; only fields in PER_LAYER_FIELDS may vary
+    per_layer: dict | None = None
 
     # --- regularisation and initialisation ---
     emb_dropout: float = 0.0
@@ -265,6 +278,7 @@ class ModelConfig:
         self._validate_attention_scores()
         self._validate_feedforward()
         self._validate_embedding()
+        self._validate_per_layer()
         for name in ("emb_dropout", "attn_dropout", "ff_dropout", "layer_dropout"):
             v = getattr(self, name)
             if not (0.0 <= v < 1.0):
@@ -339,3 +353,36 @@ class ModelConfig:
 
     def _validate_embedding(self) -> None:
         pass
+
+    def sublayer_kind(self, field: str) -> str:
+        return next(k for k, names in PER_LAYER_FIELDS.items() if field in names)
+
+    def _validate_per_layer(self) -> None:
+        if self.per_layer is None:
+            return
+        if not isinstance(self.per_layer, dict):
+            raise ConfigError(f"model.per_layer must be a mapping of field -> list of values, got {self.per_layer!r}")
+        allowed = [f for names in PER_LAYER_FIELDS.values() for f in names]
+        counts = {"attn": self.layer_types.count("a"), "ff": self.layer_types.count("f")}
+        for name, values in self.per_layer.items():
+            if name not in allowed:
+                raise ConfigError(f"model.per_layer.{name}: only these fields may vary per layer: {', '.join(allowed)}")
+            kind = self.sublayer_kind(name)
+            if not isinstance(values, (list, tuple)) or len(values) != counts[kind]:
+                raise ConfigError(f"model.per_layer.{name} needs a list of {counts[kind]} values, one per "
+                                  f"{'attention' if kind == 'attn' else 'feed-forward'} sublayer, got {values!r}")
+            for i, v in enumerate(values):
+                try:
+                    replace(self, per_layer=None, **{name: v}).validate()
+                except ConfigError as e:
+                    raise ConfigError(f"model.per_layer.{name}[{i}]: {e}") from None
+
+    def for_block(self, attn_index: int, ff_index: int) -> "ModelConfig":
+        """The config one block is built from: the per-layer values of its attention sublayer
+        (the ``attn_index``-th) and of its feed-forward sublayer (the ``ff_index``-th)."""
+        if not self.per_layer:
+            return self
+        index = {"attn": attn_index, "ff": ff_index}
+        return replace(self, per_layer=None, **{name: values[index[self.sublayer_kind(name)]]
+                                                for name, values in self.per_layer.items()
+                                                if index[self.sublayer_kind(name)] >= 0})

@@ -156,7 +156,65 @@ REFUSED: dict[str, str] = {
     "attn_pool": "attention pooling summarises the whole sequence (not causal)",
     "cross_residual_attn": "arlm is decoder-only: there is no cross-attention",
     "attn_hybrid_module": "an arbitrary hybrid module has no causality or cache guarantee",
+    "attn_hybrid_mask_kwarg": "it configures attn_hybrid_module, which is refused",
+    "attn_hybrid_fold_axial_dim": "it configures attn_hybrid_module, which is refused",
+    "attn_hybrid_learned_mix": "it configures attn_hybrid_module, which is refused",
+    "attn_custom_attn_fn": "an arbitrary attention function has no causality or cache guarantee",
+    "attn_dim_context": "arlm is decoder-only: there is no context to cross-attend to",
+    "cross_attn_tokens_dropout": "arlm is decoder-only: there is no cross-attention",
+    "attn_flash_pack_seq": "packed variable-length sequences are not a decoder-only LM input; "
+                           "give ragged batches with left padding (mask=) instead",
+    "train_max_recycle_steps": "it configures recycling, which is refused",
+    "max_looped_steps": "it configures looped, which is refused",
+    "num_cls_tokens": "it configures use_cls_token, which is refused",
+    "num_pooled_tokens": "it configures attn_pool, which is refused",
+    "attn_pool_depth": "it configures attn_pool, which is refused",
+    "dim_pooled_tokens": "it configures attn_pool, which is refused",
 }
+
+_ANY = object()
+
+# x-transformers keywords that change nothing at these values (their x-transformers defaults, or
+# settings with no effect on the mathematics): accepted and dropped, so a script that spells out
+# its defaults ports unchanged. Any other value of a keyword arlm does not implement is refused.
+INERT: dict[str, Any] = {
+    "causal": True,  # a Decoder is causal; x-transformers' Decoder sets it itself
+    "cross_attend": False, "only_cross": False, "cross_residual_attn": False, "cross_attn_tokens_dropout": 0.0,
+    "use_adaptive_layernorm": False, "use_adaptive_rmsnorm": False, "use_adaptive_layerscale": False,
+    "dim_condition": None, "adaptive_condition_mlp": False, "adaptive_condition_mlp_expansion": 4,
+    "attn_selective": False, "attn_gumbel_softmax": False, "attn_gumbel_softmax_temp": 1.0,
+    "attn_gumbel_softmax_hard": True,
+    "attn_hybrid_module": None, "attn_hybrid_mask_kwarg": None, "attn_hybrid_fold_axial_dim": None,
+    "attn_hybrid_learned_mix": False, "attn_custom_attn_fn": None, "attn_dim_context": None,
+    "attn_flash_pack_seq": False,
+    "verbose": _ANY,  # x-transformers' warnings only
+    "attn_onnxable": _ANY,  # an export-friendly spelling of the same attention
+    "attn_attend_sdp_kwargs": _ANY,  # SDPA backend choice; arlm lets PyTorch choose
+    # TransformerWrapper
+    "memory_tokens_interspersed_every": None, "recycling": False, "train_max_recycle_steps": 4, "looped": False,
+    "max_looped_steps": 4, "average_pool_embed": False, "use_cls_token": False, "num_cls_tokens": 1,
+    "attn_pool": False, "num_pooled_tokens": 1, "attn_pool_depth": 1, "dim_pooled_tokens": None,
+}
+
+
+def _check_kwargs(where: str, kwargs: dict, supported: dict, named: list[str]) -> dict:
+    """The keywords arlm acts on: unknown ones are refused (``_reject``), keywords arlm does not
+    implement are dropped when given at an inert value (``INERT``)."""
+    out = {}
+    for name, value in kwargs.items():
+        if name in supported:
+            out[name] = value
+        elif name in INERT and (INERT[name] is _ANY or _same(value, INERT[name])):
+            continue
+        else:
+            _reject(where, name, [*named, *supported])
+    return out
+
+
+def _same(value, inert) -> bool:
+    if inert is None or isinstance(inert, bool):
+        return value is inert or (isinstance(value, bool) and value == inert)
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value == inert
 
 
 def _reject(where: str, name: str, supported) -> None:
@@ -223,13 +281,16 @@ class Decoder:
     """
 
     def __init__(self, *, dim: int, depth: int | None = None, **kwargs):
-        for name in kwargs:
-            if name not in _DECODER_KWARGS:
-                _reject("Decoder", name, ["dim", "depth", *_DECODER_KWARGS])
+        kwargs = _check_kwargs("Decoder", kwargs, _DECODER_KWARGS, ["dim", "depth"])
         if depth is None and kwargs.get("custom_layers") is None:
             raise TypeError("Decoder() needs depth (or custom_layers giving the layer pattern)")
         self.dim = int(dim)
         self.depth = int(depth) if depth is not None else None
+        # x-transformers' per-layer values: an attn_*/ff_* keyword given as a tuple (one value per
+        # attention or feed-forward sublayer); the first value stands in until model_fields
+        self.per_layer = {k: tuple(v) for k, v in kwargs.items()
+                          if k.startswith(("attn_", "ff_")) and isinstance(v, (tuple, list))}
+        kwargs = {k: (v[0] if k in self.per_layer and v else v) for k, v in kwargs.items()}
         self.kwargs = {k: _DECODER_KWARGS[k][1](v) if v is not None else None for k, v in kwargs.items()}
 
     def model_fields(self) -> dict[str, Any]:
@@ -247,7 +308,41 @@ class Decoder:
         for family in (_position_fields, _norm_fields, _residual_fields, _attn_proj_fields, _attn_score_fields,
                        _ff_fields):
             family(kw, out)
+        if self.per_layer:
+            out["per_layer"] = self._per_layer_fields(out)
         return out
+
+    def _per_layer_fields(self, out: dict) -> dict[str, list]:
+        """ModelConfig.per_layer from the tuple-valued keywords: the fields of each sublayer's
+        scalar version, kept where they differ between sublayers."""
+        from ..config.model import PER_LAYER_FIELDS
+
+        types = ModelConfig(**{k: v for k, v in out.items() if k in ModelConfig.__dataclass_fields__}).layer_types
+        per: dict[str, list] = {}
+        for kind, letter in (("attn", "a"), ("ff", "f")):
+            keys = [k for k in self.per_layer if k.startswith(kind + "_")]
+            n = types.count(letter)
+            for k in keys:
+                if len(self.per_layer[k]) != n:
+                    raise TypeError(f"{k} has {len(self.per_layer[k])} values; this Decoder has {n} "
+                                    f"{'attention' if kind == 'attn' else 'feed-forward'} sublayers (one value each)")
+            if not keys:
+                continue
+            layers = []
+            for i in range(n):
+                one = Decoder.__new__(Decoder)
+                one.dim, one.depth, one.per_layer = self.dim, self.depth, {}
+                one.kwargs = {**self.kwargs, **{k: _DECODER_KWARGS[k][1](self.per_layer[k][i]) for k in keys}}
+                layers.append(one.model_fields())
+            for field in layers[0]:
+                values = [f[field] for f in layers]
+                if any(v != values[0] for v in values):
+                    if field not in PER_LAYER_FIELDS[kind]:
+                        raise TypeError(f"{', '.join(keys)} given per layer would vary {field}, which arlm builds once "
+                                        f"for every layer; per-layer values are supported for: "
+                                        f"{', '.join(PER_LAYER_FIELDS[kind])}")
+                    per[field] = values
+        return per
 
     def __repr__(self) -> str:
         args = ", ".join([f"dim={self.dim}", f"depth={self.depth}"] + [f"{k}={v!r}" for k, v in self.kwargs.items()])
@@ -267,9 +362,7 @@ class TransformerWrapper(Transformer):
     def __init__(self, *, num_tokens: int, max_seq_len: int, attn_layers: Decoder, **kwargs):
         if not isinstance(attn_layers, Decoder):
             raise TypeError(f"attn_layers must be an arlm Decoder(...), got {type(attn_layers).__name__}")
-        for name in kwargs:
-            if name not in _WRAPPER_KWARGS:
-                _reject("TransformerWrapper", name, ["num_tokens", "max_seq_len", "attn_layers", *_WRAPPER_KWARGS])
+        kwargs = _check_kwargs("TransformerWrapper", kwargs, _WRAPPER_KWARGS, ["num_tokens", "max_seq_len", "attn_layers"])
         fields = attn_layers.model_fields()
         rotary = fields.pop("rotary")
         disable_abs = rotary or fields["pos_bias"] == "t5"

@@ -79,7 +79,11 @@ class Transformer(nn.Module):
         self.memory_tokens = nn.Parameter(torch.randn(M, cfg.dim)) if M else None
         specs, self.layer_map = build_blocks(cfg)
         first_attn = next((i for i, (a, _) in enumerate(specs) if a), -1)
-        self.blocks = nn.ModuleList(Block(cfg, a, f, value_mix=cfg.add_value_residual and a and i != first_attn)
+        # per-layer values (model.per_layer): each block gets the config of its own sublayers
+        ai = [sum(s[0] for s in specs[:i]) if a else -1 for i, (a, _) in enumerate(specs)]
+        fi = [sum(s[1] for s in specs[:i]) if f else -1 for i, (_, f) in enumerate(specs)]
+        self.blocks = nn.ModuleList(Block(cfg.for_block(ai[i], fi[i]), a, f,
+                                          value_mix=cfg.add_value_residual and a and i != first_attn)
                                     for i, (a, f) in enumerate(specs))
         # execution order over blocks (weight_tie_layers runs the same block depth times)
         self.order = list(range(len(self.blocks))) * (cfg.depth if cfg.weight_tie_layers else 1)
