@@ -94,6 +94,14 @@ NORMS: dict[str, tuple[dict, dict, bool]] = {
 }
 
 RESIDUAL: dict[str, tuple[dict, dict, bool]] = {
+    "layers_execute_order": ({"layers_execute_order": (0, 1, 0, 1, 2, 3)}, {}, True),
+    # ff before attention, attention 2 run twice (once without its ff): blocks split per sublayer
+    "layers_execute_order_split": ({"layers_execute_order": (1, 0, 2, 3, 2), "add_value_residual": True,
+                                    "residual_attn": True, "shift_tokens": 1}, {}, True),
+    "layers_execute_order_memory": ({"layers_execute_order": (2, 3, 0, 2, 3), "add_value_residual": True,
+                                     "rotary_pos_emb": True}, {"num_memory_tokens": 2}, True),
+    "only_attn": ({"only_attn": True}, {}, True),
+    "only_attn_par_ratio": ({"depth": 4, "only_attn": True, "par_ratio": 2}, {}, True),
     # (residual and layer structure: new options go here)
 }
 

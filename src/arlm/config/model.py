@@ -77,6 +77,20 @@ class ModelConfig:
     par_ratio: int | None = None
     sandwich_coef: int | None = None
     weight_tie_layers: bool = False
+    layers_execute_order: str | None = None  # sublayer indices in run order, comma-separated ("0,1,0,1"); a sublayer may run more than once
+    only_attn: bool = False  # attention-only stack: every feed-forward of the layout is dropped
+    scale_residual_constant: float = 1.0  # the residual stream is multiplied by this before each branch is added
+    branch_output_scale: float = 1.0  # every branch output is multiplied by this (x-transformers' float depth_scale_residual / scale_residual)
+    depth_scale_residual: bool = False  # output projections of block l start at std (2 * fan_in * l)^-0.5
+    learned_value_residual_mix: bool = True  # add_value_residual: learned per-token mix (False: a fixed 0.5)
+    reinject_input: bool = False  # every branch input also gets a projection of the stack's input
+    learned_reinject_input_gate: bool = False  # ... gated per token by sigmoid(w . input)
+    unet_skips: bool = False  # second-half blocks start from a learned mix of their input and the mirrored first-half block's input
+    orthog_residual: bool = False  # add only the part of each branch output orthogonal to the residual stream
+    mv_split_residual: bool = False  # mean/variance split residual update (causal running means)
+    mv_split_learned: bool = False  # ... alpha and beta from the running mean of the branch output
+    mv_split_init_alpha: float = 0.0
+    mv_split_init_beta: float = 0.03
     # (residual: new options go here)
 
     # --- attention (model/attention.py, model/attend.py) ---
@@ -154,6 +168,12 @@ class ModelConfig:
 
         Weight-tied layers list the shared block once (``execute_order`` repeats it)."""
         block = "faf" if self.macaron else "af"
+        if self.only_attn:
+            # attention-only layers (Ndubuaku et al.): the layout with its feed-forwards removed
+            return self._layout("a").replace("f", "")
+        return self._layout(block)
+
+    def _layout(self, block: str) -> str:
         if self.layers is not None:
             return self.layers
         if self.par_ratio is not None:
@@ -176,6 +196,8 @@ class ModelConfig:
     @property
     def execute_order(self) -> tuple[int, ...]:
         """Indices into ``layer_types`` in the order the sublayers run."""
+        if self.layers_execute_order is not None:
+            return tuple(int(i) for i in self.layers_execute_order.split(","))
         n = len(self.layer_types)
         return tuple(range(n)) * (self.depth if self.weight_tie_layers else 1)
 
@@ -297,7 +319,7 @@ class ModelConfig:
                 raise ConfigError(f"model.layers must be a non-empty string of 'a' (attention) and 'f' "
                                   f"(feed-forward), got {self.layers!r}")
         if self.par_ratio is not None:
-            n = self.depth * (3 if self.macaron else 2)
+            n = self.depth * (1 if self.only_attn else 3 if self.macaron else 2)
             if not (isinstance(self.par_ratio, int) and 1 < self.par_ratio <= n):
                 raise ConfigError(f"model.par_ratio must be an integer in (1, {n}] for this depth, got {self.par_ratio!r}")
             cut = n * 2 // 3
@@ -316,7 +338,49 @@ class ModelConfig:
         pass
 
     def _validate_residual(self) -> None:
-        pass
+        if self.layers_execute_order is not None:
+            order, n = self.layers_execute_order, len(self.layer_types)
+            try:
+                idx = [int(i) for i in order.split(",")]
+            except ValueError:
+                idx = None
+            if not idx or any(not 0 <= i < n for i in idx):
+                raise ConfigError(f"model.layers_execute_order must be comma-separated sublayer indices in [0, {n}) "
+                                  f"(the layout has {n} sublayers), got {order!r}")
+            if self.weight_tie_layers:
+                raise ConfigError("model.layers_execute_order and model.weight_tie_layers cannot be combined "
+                                  "(weight tying is an execution order itself)")
+        if self.only_attn:
+            if self.layers is not None and "f" in self.layers:
+                raise ConfigError("model.only_attn cannot be combined with feed-forward layers in model.layers")
+            for name in ("layers_execute_order", "unet_skips"):
+                if getattr(self, name):
+                    raise ConfigError(f"model.only_attn cannot be combined with model.{name} (as x-transformers)")
+        chosen = [n for n in ("gate_residual", "orthog_residual", "mv_split_residual") if getattr(self, n)]
+        if len(chosen) > 1:
+            raise ConfigError(f"choose one residual update, got {', '.join('model.' + n for n in chosen)}")
+        if chosen and self.scale_residual_constant != 1.0:
+            # x-transformers silently ignores the constant there; arlm says so
+            raise ConfigError(f"model.scale_residual_constant applies to the plain residual sum only, not model.{chosen[0]}")
+        if self.mv_split_residual and self.scale_residual:
+            raise ConfigError("model.scale_residual does not apply to model.mv_split_residual (its update has its own scales)")
+        if not self.mv_split_residual:
+            for name, default in (("mv_split_learned", False), ("mv_split_init_alpha", 0.0), ("mv_split_init_beta", 0.03)):
+                if getattr(self, name) != default:
+                    raise ConfigError(f"model.{name} needs model.mv_split_residual=true")
+        for name in ("scale_residual_constant", "branch_output_scale"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")
+        if self.learned_reinject_input_gate and not self.reinject_input:
+            raise ConfigError("model.learned_reinject_input_gate needs model.reinject_input=true")
+        if self.unet_skips:
+            custom = [n for n in ("layers", "par_ratio", "sandwich_coef", "layers_execute_order")
+                      if getattr(self, n) is not None]
+            if custom or self.weight_tie_layers:
+                raise ConfigError("model.unet_skips needs the standard layout of depth blocks, not "
+                                  + ", ".join("model." + n for n in custom or ["weight_tie_layers"]))
+            if self.depth < 2:
+                raise ConfigError("model.unet_skips needs model.depth >= 2 (first half skips to second half)")
 
     def _validate_attention_projections(self) -> None:
         pass

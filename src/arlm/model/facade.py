@@ -23,6 +23,11 @@ def _int_or_none(v):
     return None if v is None else int(v)
 
 
+def _execute_order(v) -> str:
+    """layers_execute_order as x-transformers takes it (a tuple of ints) or as "0,1,0,1"."""
+    return ",".join(str(int(i)) for i in v) if isinstance(v, (tuple, list)) else str(v)
+
+
 def _layers(v) -> str:
     """custom_layers as x-transformers takes it (a tuple of 'a'/'f') or as a string."""
     return "".join(v) if isinstance(v, (tuple, list)) else str(v)
@@ -74,7 +79,7 @@ _RESIDUAL_KWARGS: dict[str, tuple[str | None, Any]] = {
     "residual_attn": ("residual_attn", bool),
     "add_value_residual": ("add_value_residual", bool),
     "gate_residual": ("gate_residual", bool),
-    "scale_residual": ("scale_residual", bool),
+    "scale_residual": (None, lambda v: v),  # a bool, or a number: also a constant scale on every branch output
     "zero_init_branch_output": ("zero_init_branch_output", bool),
     "softclamp_output": ("softclamp_output", bool),
     "softclamp_output_value": ("softclamp_output_value", float),
@@ -84,6 +89,24 @@ _RESIDUAL_KWARGS: dict[str, tuple[str | None, Any]] = {
     "par_ratio": ("par_ratio", _int_or_none),
     "sandwich_coef": ("sandwich_coef", _int_or_none),
     "weight_tie_layers": ("weight_tie_layers", bool),
+    "layers_execute_order": ("layers_execute_order", _execute_order),
+    "only_attn": ("only_attn", bool),
+    "scale_residual_constant": ("scale_residual_constant", float),
+    "depth_scale_residual": (None, lambda v: v),  # a bool (depth-scaled init) or a number (branch output scale)
+    "residual_fn_kwargs": (None, dict),
+    "learned_value_residual_mix": ("learned_value_residual_mix", bool),
+    "reinject_input": ("reinject_input", bool),
+    "learned_reinject_input_gate": ("learned_reinject_input_gate", bool),
+    "unet_skips": ("unet_skips", bool),
+    "orthog_residual": ("orthog_residual", bool),
+    "mv_split_residual": ("mv_split_residual", bool),
+}
+
+# residual_fn_kwargs key -> (the residual option it configures, ModelConfig field, converter)
+_RESIDUAL_FN_KEYS: dict[str, tuple[str, str, Any]] = {
+    "init_alpha": ("mv_split_residual", "mv_split_init_alpha", float),
+    "init_beta": ("mv_split_residual", "mv_split_init_beta", float),
+    "learned": ("mv_split_residual", "mv_split_learned", bool),
 }
 
 _ATTN_PROJ_KWARGS: dict[str, tuple[str | None, Any]] = {
@@ -250,8 +273,27 @@ def _norm_fields(kw: dict, out: dict) -> None:
                    else "simple_rmsnorm" if kw.get("use_simple_rmsnorm") else "layernorm")
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _residual_fields(kw: dict, out: dict) -> None:
-    pass
+    # as x-transformers: a number given to depth_scale_residual (else to scale_residual) scales every
+    # branch output; depth_scale_residual=True is the depth-scaled output init instead
+    scale, depth_scale = kw.get("scale_residual", False), kw.get("depth_scale_residual", False)
+    out["scale_residual"] = bool(scale)
+    out["depth_scale_residual"] = depth_scale is True
+    if _is_number(depth_scale) or _is_number(scale):
+        out["branch_output_scale"] = float(depth_scale if _is_number(depth_scale) else scale)
+    for key, value in (kw.get("residual_fn_kwargs") or {}).items():
+        if key not in _RESIDUAL_FN_KEYS:
+            raise TypeError(f"residual_fn_kwargs key {key!r} is not supported; arlm takes "
+                            f"{', '.join(sorted(_RESIDUAL_FN_KEYS))} (options of the residual update are "
+                            "Decoder keywords, e.g. scale_residual, scale_residual_constant)")
+        option, field, conv = _RESIDUAL_FN_KEYS[key]
+        if not kw.get(option):
+            raise TypeError(f"residual_fn_kwargs key {key!r} configures {option}, which is off")
+        out[field] = conv(value)
 
 
 def _attn_proj_fields(kw: dict, out: dict) -> None:

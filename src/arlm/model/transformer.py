@@ -30,20 +30,38 @@ from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPosition
                          ScaledSinusoidalEmbedding, T5RelativeBias)
 
 
-def build_blocks(cfg: ModelConfig) -> tuple[list[tuple[bool, bool]], list[tuple[int, str]]]:
+def build_blocks(cfg: ModelConfig) -> tuple[list[tuple[bool, bool]], list[tuple[int, str]], list[int]]:
     """Group the sublayer pattern into blocks of [attention][feed-forward].
 
-    Returns the blocks as (has_attn, has_ff) and, for each letter of ``cfg.layer_types``, the
-    (block index, "attn" | "ff") it became, which weight converters use."""
-    blocks: list[list[bool]] = []
+    An attention sublayer and the feed-forward after it share a block when they always run
+    together in ``cfg.execute_order`` (the default, weight tying; a custom order may split them).
+    Returns the blocks as (has_attn, has_ff); for each letter of ``cfg.layer_types`` the
+    (block index, "attn" | "ff") it became, which weight converters use; and the block index of
+    each execution step."""
+    types, runs = cfg.layer_types, cfg.execute_order
+
+    def paired(i: int) -> bool:  # attention i always directly followed by feed-forward i + 1, and vice versa
+        if not (types[i] == "a" and i + 1 < len(types) and types[i + 1] == "f"):
+            return False
+        nxt = [runs[k + 1] if k + 1 < len(runs) else -1 for k, j in enumerate(runs) if j == i]
+        prev = [runs[k - 1] if k else -1 for k, j in enumerate(runs) if j == i + 1]
+        return all(j == i + 1 for j in nxt) and all(j == i for j in prev)
+
+    blocks: list[tuple[bool, bool]] = []
     where: list[tuple[int, str]] = []
-    for t in cfg.layer_types:
-        if t == "f" and blocks and blocks[-1][0] and not blocks[-1][1]:
-            blocks[-1][1] = True
+    i = 0
+    while i < len(types):
+        if paired(i):
+            where += [(len(blocks), "attn"), (len(blocks), "ff")]
+            blocks.append((True, True))
+            i += 2
         else:
-            blocks.append([t == "a", t == "f"])
-        where.append((len(blocks) - 1, "attn" if t == "a" else "ff"))
-    return [tuple(b) for b in blocks], where
+            where.append((len(blocks), "attn" if types[i] == "a" else "ff"))
+            blocks.append((types[i] == "a", types[i] == "f"))
+            i += 1
+    # the second sublayer of a shared block runs with the first
+    order = [where[j][0] for j in runs if where[j][1] == "attn" or not blocks[where[j][0]][0]]
+    return blocks, where, order
 
 
 class Transformer(nn.Module):
@@ -77,7 +95,8 @@ class Transformer(nn.Module):
         self.emb_dropout = nn.Dropout(cfg.emb_dropout)
         # memory tokens (Burtsev et al. 2020, Memory Transformer): learned rows in front of the sequence
         self.memory_tokens = nn.Parameter(torch.randn(M, cfg.dim)) if M else None
-        specs, self.layer_map = build_blocks(cfg)
+        # execution order over blocks (weight_tie_layers, layers_execute_order: blocks run more than once)
+        specs, self.layer_map, self.order = build_blocks(cfg)
         first_attn = next((i for i, (a, _) in enumerate(specs) if a), -1)
         # per-layer values (model.per_layer): each block gets the config of its own sublayers
         ai = [sum(s[0] for s in specs[:i]) if a else -1 for i, (a, _) in enumerate(specs)]
@@ -85,8 +104,6 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.for_block(ai[i], fi[i]), a, f,
                                           value_mix=cfg.add_value_residual and a and i != first_attn)
                                     for i, (a, f) in enumerate(specs))
-        # execution order over blocks (weight_tie_layers runs the same block depth times)
-        self.order = list(range(len(self.blocks))) * (cfg.depth if cfg.weight_tie_layers else 1)
         self.n_branches = len(cfg.execute_order)
         self._steps, self._first_attn_step = plan_steps(specs, self.order)
         # post-norm stacks end with a normalised residual already; x-transformers has no final norm there
