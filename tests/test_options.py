@@ -102,6 +102,11 @@ RESIDUAL: dict[str, tuple[dict, dict, bool]] = {
                                      "rotary_pos_emb": True}, {"num_memory_tokens": 2}, True),
     "only_attn": ({"only_attn": True}, {}, True),
     "only_attn_par_ratio": ({"depth": 4, "only_attn": True, "par_ratio": 2}, {}, True),
+    "scale_residual_constant": ({"scale_residual_constant": 0.7, "scale_residual": True}, {}, True),
+    "scale_residual_number": ({"scale_residual": 0.5}, {}, True),  # learned scale, and every branch output x0.5
+    "depth_scale_residual_number": ({"depth_scale_residual": 0.5, "macaron": True, "sandwich_norm": True}, {}, True),
+    "depth_scale_residual": ({"depth_scale_residual": True}, {}, True),
+    "value_residual_fixed_mix": ({"add_value_residual": True, "learned_value_residual_mix": False}, {}, True),
     # (residual and layer structure: new options go here)
 }
 

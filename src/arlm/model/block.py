@@ -36,7 +36,11 @@ class Block(nn.Module):
         self.ff = FeedForward(cfg) if ff else None
         self.pre_norm = cfg.pre_norm
         self.layer_dropout = cfg.layer_dropout
-        self.ff_scale = 0.5 if cfg.macaron else 1.0
+        # constant branch output scales: macaron's half-step feed-forwards, x-transformers' numeric
+        # depth_scale_residual / scale_residual
+        self.attn_scale = cfg.branch_output_scale
+        self.ff_scale = (0.5 if cfg.macaron else 1.0) * cfg.branch_output_scale
+        self.residual_constant = cfg.scale_residual_constant
         self.shift = cfg.shift_tokens
         for name, on in (("attn", attn), ("ff", ff)):
             if not on:
@@ -49,7 +53,8 @@ class Block(nn.Module):
                 setattr(self, f"{name}_residual_scale", nn.Parameter(torch.ones(cfg.dim)))
         self.sandwich, self.gated, self.scaled = cfg.sandwich_norm, cfg.gate_residual, cfg.scale_residual
         self.plain = (cfg.pre_norm and not (cfg.sandwich_norm or cfg.gate_residual or cfg.scale_residual
-                                            or cfg.macaron or cfg.shift_tokens or cfg.layer_dropout))
+                                            or cfg.macaron or cfg.shift_tokens or cfg.layer_dropout
+                                            or cfg.branch_output_scale != 1.0 or cfg.scale_residual_constant != 1.0))
 
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); ``step`` is this call's position in the execution order."""
@@ -74,13 +79,16 @@ class Block(nn.Module):
         if self.shift:
             h = self._shift_tokens(h, ctx, step, name)
         out = fn(h)
-        if name == "ff" and self.ff_scale != 1.0:
-            out = out * self.ff_scale
+        scale = self.ff_scale if name == "ff" else self.attn_scale
+        if scale != 1.0:
+            out = out * scale
         if self.sandwich:
             out = getattr(self, f"{name}_post_norm")(out)
         out = self._drop_path(out)
         if self.scaled:
             residual = residual * getattr(self, f"{name}_residual_scale")
+        if self.residual_constant != 1.0:
+            residual = residual * self.residual_constant
         if self.gated:
             gru = getattr(self, f"{name}_gate")
             x = gru(out.reshape(-1, out.shape[-1]), residual.reshape(-1, out.shape[-1])).view_as(out)

@@ -28,6 +28,7 @@ from .loss import auto_chunk_rows, linear_cross_entropy
 from .norms import NORM_TYPES, make_norm
 from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPositionBias, Rotary,
                          ScaledSinusoidalEmbedding, T5RelativeBias)
+from .residual import depth_scaled_init_
 
 
 def build_blocks(cfg: ModelConfig) -> tuple[list[tuple[bool, bool]], list[tuple[int, str]], list[int]]:
@@ -101,8 +102,9 @@ class Transformer(nn.Module):
         # per-layer values (model.per_layer): each block gets the config of its own sublayers
         ai = [sum(s[0] for s in specs[:i]) if a else -1 for i, (a, _) in enumerate(specs)]
         fi = [sum(s[1] for s in specs[:i]) if f else -1 for i, (_, f) in enumerate(specs)]
+        learned_mix = cfg.add_value_residual and cfg.learned_value_residual_mix  # else a fixed 0.5
         self.blocks = nn.ModuleList(Block(cfg.for_block(ai[i], fi[i]), a, f,
-                                          value_mix=cfg.add_value_residual and a and i != first_attn)
+                                          value_mix=learned_mix and a and i != first_attn)
                                     for i, (a, f) in enumerate(specs))
         self.n_branches = len(cfg.execute_order)
         self._steps, self._first_attn_step = plan_steps(specs, self.order)
@@ -162,6 +164,8 @@ class Transformer(nn.Module):
                 p.copy_(torch.eye(p.shape[0]))
         if isinstance(self.pos_emb, ScaledSinusoidalEmbedding):
             self.pos_emb.scale.fill_(cfg.dim**-0.5)
+        if cfg.depth_scale_residual and not cfg.zero_init_branch_output:
+            depth_scaled_init_(self, g)
         # option modules that start somewhere special say so themselves, after the generic pass:
         # ``init_option_(generator)`` on any submodule (its paper's init, beside its code)
         for m in self.modules():
