@@ -107,6 +107,12 @@ RESIDUAL: dict[str, tuple[dict, dict, bool]] = {
     "depth_scale_residual_number": ({"depth_scale_residual": 0.5, "macaron": True, "sandwich_norm": True}, {}, True),
     "depth_scale_residual": ({"depth_scale_residual": True}, {}, True),
     "value_residual_fixed_mix": ({"add_value_residual": True, "learned_value_residual_mix": False}, {}, True),
+    "reinject_input": ({"reinject_input": True}, {}, True),
+    "learned_reinject_input_gate": ({"reinject_input": True, "learned_reinject_input_gate": True, "pre_norm": False},
+                                    {"num_memory_tokens": 2}, True),
+    "unet_skips": ({"depth": 4, "unet_skips": True}, {}, True),
+    "unet_skips_odd_depth": ({"depth": 5, "unet_skips": True, "reinject_input": True}, {"num_memory_tokens": 1}, True),
+    "unet_skips_macaron": ({"depth": 3, "unet_skips": True, "macaron": True}, {}, True),
     # (residual and layer structure: new options go here)
 }
 

@@ -55,7 +55,7 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], model, *, norm_unit_
             if not _layer_param(model, int(m.group(1)), int(m.group(2)), m.group(3), value, offset, put, qkv):
                 unused.append(key)
             continue
-        name = _top_level(key, value, cfg, offset)
+        name = _top_level(key, value, cfg, offset) or _residual_top_level(key, value, model)
         if name is None:
             unused.append(key)
         else:
@@ -112,6 +112,18 @@ def _top_level(key: str, value: torch.Tensor, cfg, offset: float):
     m = re.match(r"^attn_layers\.rel_pos\.mlp\.(\d+)\.(?:0\.)?(weight|bias)$", key)
     if m:  # their mlp is [Sequential(Linear, SiLU)] * depth + [Linear]; ours is flat
         return f"pos_bias.mlp.{2 * int(m.group(1))}.{m.group(2)}", value
+    return None
+
+
+def _residual_top_level(key: str, value: torch.Tensor, model):
+    """Stack-level residual options (input reinjection, U-Net skips) -> (arlm name, tensor) or None."""
+    if key == "attn_layers.reinject_input_proj.weight":
+        return "reinject.proj.weight", value
+    if key == "attn_layers.learned_reinject_input_gate.weight":
+        return "reinject.gate.weight", value
+    m = re.match(r"^attn_layers\.skip_combines\.(\d+)\.combine\.weight$", key)
+    if m and int(m.group(1)) < len(model.layer_map):  # keyed by layer index; arlm by block
+        return f"unet.combines.{model.layer_map[int(m.group(1))][0]}.weight", value
     return None
 
 

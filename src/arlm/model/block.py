@@ -54,7 +54,8 @@ class Block(nn.Module):
         self.sandwich, self.gated, self.scaled = cfg.sandwich_norm, cfg.gate_residual, cfg.scale_residual
         self.plain = (cfg.pre_norm and not (cfg.sandwich_norm or cfg.gate_residual or cfg.scale_residual
                                             or cfg.macaron or cfg.shift_tokens or cfg.layer_dropout
-                                            or cfg.branch_output_scale != 1.0 or cfg.scale_residual_constant != 1.0))
+                                            or cfg.branch_output_scale != 1.0 or cfg.scale_residual_constant != 1.0
+                                            or cfg.reinject_input))
 
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); ``step`` is this call's position in the execution order."""
@@ -75,6 +76,8 @@ class Block(nn.Module):
     def _branch(self, x: torch.Tensor, ctx: Context, step: int, name: str, fn) -> torch.Tensor:
         norm = getattr(self, f"{name}_norm")
         residual = x
+        if ctx.inject is not None:  # reinject_input: the branch sees the stack's input again, the stream does not
+            x = x + ctx.inject
         h = norm(x) if self.pre_norm else x
         if self.shift:
             h = self._shift_tokens(h, ctx, step, name)

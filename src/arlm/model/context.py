@@ -51,7 +51,7 @@ class Context:
     """
 
     __slots__ = ("rope", "slots", "kv_slots", "causal", "mask", "visible", "bias", "pad", "cache", "steps",
-                 "first_attn_step", "scores", "values", "z_lse", "kv_end", "slot0")
+                 "first_attn_step", "scores", "values", "z_lse", "kv_end", "slot0", "inject")
 
     def __init__(self, steps, first_attn_step: int, rope=None, slots=None, kv_slots=None, pad=None, cache=None):
         self.steps, self.first_attn_step = steps, first_attn_step
@@ -62,6 +62,7 @@ class Context:
         self.z_lse: list[torch.Tensor] | None = None  # per-layer attention log-sum-exp, for the z-loss
         self.kv_end: int | None = None  # read cache slots [0, kv_end) only (None: all of them)
         self.slot0: int | None = None  # the rows are cache slots slot0.. (write by slicing, not index_copy)
+        self.inject: torch.Tensor | None = None  # reinject_input: added to every branch input (B, T, C)
 
     def kv(self, step: int):
         if self.cache is None:

@@ -8,6 +8,7 @@ Dims: B batch, T time, C model dim.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..config import ModelConfig
 
@@ -32,3 +33,47 @@ def depth_scaled_init_(model, generator: torch.Generator | None = None) -> None:
         std = (2 * w.shape[1] * (i // per_block + 1)) ** -0.5
         # drawn in logical order, as init_weights does (storage may be transposed)
         w.copy_(torch.empty(w.shape, device=w.device, dtype=w.dtype).normal_(0.0, std, generator=generator))
+
+
+class InputReinjection(nn.Module):
+    """Input reinjection (Bai et al. 2019, Deep Equilibrium Models; used for depth extrapolation,
+    e.g. Schwarzschild et al. 2021): every branch input gets W x0, a projection of the stack's
+    input x0 (after embeddings and memory tokens); the residual stream itself does not. Optionally
+    gated per token by sigmoid(w . x0)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.gate = nn.Linear(cfg.dim, 1, bias=False) if cfg.learned_reinject_input_gate else None
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        """x0 (B, T, C) -> the term added to every branch input (B, T, C)."""
+        inject = self.proj(x0)
+        if self.gate is not None:
+            inject = inject * torch.sigmoid(self.gate(x0))
+        return inject
+
+
+class UNetSkips(nn.Module):
+    """U-Net skips (Ronneberger et al. 2015; for transformers Bao et al. 2023, U-ViT): block j of
+    the second half of a depth-D stack starts from W [h; x], where h is the input of the
+    mirrored block D-1-j of the first half and x its own input; W (C, 2C) has no bias. Both
+    are per-token, so the skips are causal and need nothing in the KV cache."""
+
+    def __init__(self, cfg: ModelConfig, layer_map: list[tuple[int, str]]):
+        super().__init__()
+        per = block_length(cfg)
+        D = cfg.depth
+        # execution step (== block index: unet_skips needs the standard layout) -> source step
+        self.source = {layer_map[j * per][0]: layer_map[(D - 1 - j) * per][0] for j in range(D) if j >= D / 2}
+        self.keep = set(self.source.values())
+        self.combines = nn.ModuleDict({str(t): nn.Linear(2 * cfg.dim, cfg.dim, bias=False) for t in self.source})
+
+    def forward(self, x: torch.Tensor, step: int, saved: dict[int, torch.Tensor]) -> torch.Tensor:
+        """x (B, T, C), the input of execution step ``step``; ``saved`` keeps first-half inputs."""
+        if step in self.keep:
+            saved[step] = x
+        src = self.source.get(step)
+        if src is None:
+            return x
+        return self.combines[str(step)](torch.cat((saved[src], x), dim=-1))

@@ -28,7 +28,7 @@ from .loss import auto_chunk_rows, linear_cross_entropy
 from .norms import NORM_TYPES, make_norm
 from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPositionBias, Rotary,
                          ScaledSinusoidalEmbedding, T5RelativeBias)
-from .residual import depth_scaled_init_
+from .residual import InputReinjection, UNetSkips, depth_scaled_init_
 
 
 def build_blocks(cfg: ModelConfig) -> tuple[list[tuple[bool, bool]], list[tuple[int, str]], list[int]]:
@@ -108,6 +108,8 @@ class Transformer(nn.Module):
                                     for i, (a, f) in enumerate(specs))
         self.n_branches = len(cfg.execute_order)
         self._steps, self._first_attn_step = plan_steps(specs, self.order)
+        self.reinject = InputReinjection(cfg) if cfg.reinject_input else None
+        self.unet = UNetSkips(cfg, self.layer_map) if cfg.unet_skips else None
         # post-norm stacks end with a normalised residual already; x-transformers has no final norm there
         self.norm = make_norm(cfg) if cfg.pre_norm else None
         self.head = None if cfg.tie_embedding else nn.Linear(cfg.dim, cfg.padded_vocab, bias=False)
@@ -278,7 +280,12 @@ class Transformer(nn.Module):
         if return_attn_z_loss:
             ctx.z_lse = []
         blocks = list(self.blocks)  # plain list indexing: ModuleList.__getitem__ costs a few us per call
+        if self.reinject is not None:
+            ctx.inject = self.reinject(x)
+        unet, skips = self.unet, {}
         for step, i in enumerate(self.order):
+            if unet is not None:
+                x = unet(x, step, skips)
             x = call(blocks[i], x, ctx, step)
         return x
 
