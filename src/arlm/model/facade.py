@@ -234,6 +234,24 @@ def _check_kwargs(where: str, kwargs: dict, supported: dict, named: list[str]) -
     return out
 
 
+def keyword_status(name: str) -> tuple[str, str]:
+    """(status, note) of an x-transformers keyword in arlm: ``yes`` (implemented; the note names
+    the ModelConfig field), ``inert`` (accepted only at the value that changes nothing; the note
+    says which and why other values are refused), or ``no`` (not accepted)."""
+    for table in (_DECODER_KWARGS, _WRAPPER_KWARGS):
+        if name in table:
+            field = table[name][0]
+            return "yes", f"`{field}`" if field else "see the option list above"
+    if name in ("dim", "depth", "num_tokens", "max_seq_len", "attn_layers"):
+        return "yes", "required"
+    if name in INERT:
+        value = "any value (no effect on the mathematics)" if INERT[name] is _ANY else f"only `{INERT[name]!r}`"
+        return "inert", value + (f"; other values refused: {REFUSED[name]}" if name in REFUSED else "")
+    if name in REFUSED:
+        return "no", f"refused: {REFUSED[name]}"
+    return "no", "not implemented"
+
+
 def _same(value, inert) -> bool:
     if inert is None or isinstance(inert, bool):
         return value is inert or (isinstance(value, bool) and value == inert)
