@@ -86,6 +86,23 @@ CORE: dict[str, tuple[dict, dict, bool]] = {
 
 # One table per option family (the families of model/), joined into OPTIONS below.
 POSITIONS: dict[str, tuple[dict, dict, bool]] = {
+    "disable_abs_pos_emb": ({"disable_abs_pos_emb": True}, {}, True),
+    "rotary_with_abs_pos_emb": ({"rotary_pos_emb": True, "disable_abs_pos_emb": False}, {}, True),
+    "rotary_with_scaled_sinu": ({"rotary_pos_emb": True, "disable_abs_pos_emb": False},
+                                {"scaled_sinu_pos_emb": True}, True),
+    "rotate_num_heads": ({"heads": 4, "rotary_pos_emb": True, "rotate_num_heads": 1}, {}, True),
+    "rotate_num_heads_xpos": ({"rotary_xpos": True, "rotate_num_heads": 1}, {"num_memory_tokens": 1}, True),
+    "dynamic_pos_bias_norm": ({"dynamic_pos_bias": True, "dynamic_pos_bias_norm": True,
+                               "dynamic_pos_bias_mlp_depth": 3}, {}, True),
+    "alibi_custom_slopes": ({"heads": 4, "alibi_pos_bias": True, "alibi_num_heads": 2,
+                             "rel_pos_kwargs": {"slopes": [0.5, 0.125]}}, {}, True),
+    "polar_pos_emb": ({"rotary_pos_emb": False, "polar_pos_emb": True}, {}, True),
+    "polar_zero_kv_memory_abs": ({"polar_pos_emb": True, "attn_add_zero_kv": True, "disable_abs_pos_emb": False},
+                                 {"num_memory_tokens": 1}, True),
+    "polar_alibi_topk": ({"polar_pos_emb": True, "alibi_pos_bias": True, "attn_sparse_topk": 4}, {}, True),
+    # x-transformers fails on both: grouped-query keys, and the uniform init (an in-place op on a leaf)
+    "polar_gqa_uniform_init": ({"heads": 4, "attn_kv_heads": 2, "polar_pos_emb": True,
+                                "polar_bias_uniform_init": True}, {}, False),
     # (positions: new options go here)
 }
 

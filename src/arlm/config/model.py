@@ -7,7 +7,8 @@ from dataclasses import dataclass, replace
 from .checks import ConfigError, _choice, _positive
 
 NORMS = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm")
-POS_EMBS = ("absolute", "rotary", "scaled_sinusoidal", "none")
+POS_EMBS = ("absolute", "rotary", "polar", "scaled_sinusoidal", "none")
+TOKEN_POS_EMBS = ("absolute", "scaled_sinusoidal", "none")
 POS_BIASES = ("none", "alibi", "t5", "dynamic")
 FF_ACTIVATIONS = ("gelu", "swish", "relu_squared", "solu", "gelu_tanh", "relu", "mish", "tanh", "sigmoid", "softplus")
 
@@ -51,6 +52,13 @@ class ModelConfig:
     rel_pos_max_distance: int = 128
     dynamic_pos_bias_log_distance: bool = False
     dynamic_pos_bias_mlp_depth: int = 2
+    # with pos_emb rotary | polar: positions also added to the tokens (x-transformers'
+    # disable_abs_pos_emb=False): absolute | scaled_sinusoidal | none
+    abs_pos_emb: str = "none"
+    rotary_num_heads: int | None = None  # rotary on the last N heads only; None: every head
+    dynamic_pos_bias_norm: bool = False
+    alibi_slopes: list | None = None  # custom ALiBi slopes, one per ALiBi head; None: the geometric ones
+    polar_bias_uniform_init: bool = False
     # (positions: new options go here)
 
     # --- norms (model/norms.py) ---
@@ -157,6 +165,11 @@ class ModelConfig:
     @property
     def rotary_emb_dim(self) -> int:
         return self.rotary_dim if self.rotary_dim is not None else self.head_dim // 2
+
+    @property
+    def token_pos_emb(self) -> str:
+        """Positions added to the token embeddings: absolute | scaled_sinusoidal | none."""
+        return self.pos_emb if self.pos_emb in TOKEN_POS_EMBS else self.abs_pos_emb
 
     @property
     def ff_inner_dim(self) -> int:
@@ -332,7 +345,36 @@ class ModelConfig:
     # one method per option family, so each family's rules sit together
 
     def _validate_positions(self) -> None:
-        pass
+        _choice(self, "abs_pos_emb", TOKEN_POS_EMBS)
+        if self.abs_pos_emb != "none" and self.pos_emb not in ("rotary", "polar"):
+            raise ConfigError(f"model.abs_pos_emb adds positions beside rotary or polar embeddings; with "
+                              f"model.pos_emb={self.pos_emb!r} set model.pos_emb itself")
+        if self.abs_pos_emb == "scaled_sinusoidal" and self.dim % 2:
+            raise ConfigError(f"model.abs_pos_emb=scaled_sinusoidal needs an even model.dim, got {self.dim}")
+        if self.rotary_num_heads is not None:
+            if self.pos_emb != "rotary":
+                raise ConfigError("model.rotary_num_heads needs model.pos_emb=rotary")
+            n = self.rotary_num_heads
+            if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= self.heads):
+                raise ConfigError(f"model.rotary_num_heads must be an integer in [1, heads={self.heads}], got {n!r}")
+            if n < self.heads and self.n_kv_heads != self.heads:
+                raise ConfigError("model.rotary_num_heads < heads needs one key/value head per query head "
+                                  "(model.kv_heads unset or equal to heads), as x-transformers")
+        if self.dynamic_pos_bias_norm and self.pos_bias != "dynamic":
+            raise ConfigError("model.dynamic_pos_bias_norm needs model.pos_bias=dynamic")
+        if self.alibi_slopes is not None:
+            if self.pos_bias != "alibi":
+                raise ConfigError("model.alibi_slopes needs model.pos_bias=alibi")
+            n = self.alibi_num_heads or self.heads
+            ok = isinstance(self.alibi_slopes, (list, tuple)) and len(self.alibi_slopes) == n
+            if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.alibi_slopes):
+                raise ConfigError(f"model.alibi_slopes must be a list of {n} numbers (one per ALiBi head), "
+                                  f"got {self.alibi_slopes!r}")
+        if self.polar_bias_uniform_init and self.pos_emb != "polar":
+            raise ConfigError("model.polar_bias_uniform_init needs model.pos_emb=polar")
+        if self.pos_emb == "polar" and self.attn_num_mem_kv:
+            raise ConfigError("model.pos_emb=polar cannot be combined with model.attn_num_mem_kv: learned memory "
+                              "keys have no position to give them a phase (x-transformers fails on it too)")
 
     def _validate_norms(self) -> None:
         pass

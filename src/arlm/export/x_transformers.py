@@ -15,7 +15,7 @@ import re
 import torch
 
 # Buffers x-transformers saves that arlm derives from the config.
-_DERIVED = re.compile(r"^attn_layers\.rotary_pos_emb\.(inv_freq|scale)$")
+_DERIVED = re.compile(r"^attn_layers\.(rotary_pos_emb\.(inv_freq|scale)|polar_pos_emb\.inv_freq)$")
 
 # Inside an attention sublayer: x-transformers name -> arlm name (under blocks.N.attn.).
 _ATTN = {
@@ -107,11 +107,14 @@ def _top_level(key: str, value: torch.Tensor, cfg, offset: float):
         return "post_emb_norm.weight", value
     if key in ("attn_layers.final_norm.gamma", "attn_layers.final_norm.g"):
         return "norm.weight", value + offset
+    if key == "attn_layers.polar_pos_emb.learned_bias":  # (H, 1, D) -> (H, D)
+        return "polar.learned_bias", value[:, 0]
     if key == "attn_layers.rel_pos.relative_attention_bias.weight":
         return "pos_bias.relative_attention_bias.weight", value
-    m = re.match(r"^attn_layers\.rel_pos\.mlp\.(\d+)\.(?:0\.)?(weight|bias)$", key)
-    if m:  # their mlp is [Sequential(Linear, SiLU)] * depth + [Linear]; ours is flat
-        return f"pos_bias.mlp.{2 * int(m.group(1))}.{m.group(2)}", value
+    m = re.match(r"^attn_layers\.rel_pos\.mlp\.(\d+)\.(?:(\d)\.)?(weight|bias|gamma)$", key)
+    if m:  # their mlp is [Sequential(Linear, [LayerNorm,] SiLU)] * depth + [Linear]; ours is flat
+        stride = 3 if cfg.dynamic_pos_bias_norm else 2
+        return f"pos_bias.mlp.{stride * int(m.group(1)) + int(m.group(2) or 0)}.{m.group(3).replace('gamma', 'weight')}", value
     return None
 
 

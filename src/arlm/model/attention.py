@@ -20,7 +20,7 @@ from ..config import ModelConfig
 from .attend import attention_lse, explicit_attention, fused_attention
 from .calls import call
 from .context import Context
-from .positional import apply_rotary
+from .positional import apply_polar, apply_rotary, partial_head_tables, rotary_head_mask
 
 
 class KVCache:
@@ -34,13 +34,15 @@ class KVCache:
     never concatenates), then ``prefix`` for the model's memory tokens; both are 0 unless those
     options are on. ``shift`` (N tensors (B, prefix + max_len, F)) keeps earlier tokens'
     features for token shifting (None unless ``shift_tokens``). ``max_len`` counts token slots only.
+    ``key_dim``: the key width when it differs from the value width (polar positions: 2D).
     """
 
     def __init__(self, depth: int, batch: int, kv_heads: int, max_len: int, head_dim: int,
                  device=None, dtype=torch.float32, prefix: int = 0, shift_layers: int = 0, shift_dim: int = 0,
-                 kv_prefix: int = 0):
+                 kv_prefix: int = 0, key_dim: int | None = None):
         shape = (batch, kv_heads, kv_prefix + prefix + max_len, head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
+        kshape = shape[:3] + (key_dim or head_dim,)
+        self.k = [torch.zeros(kshape, device=device, dtype=dtype) for _ in range(depth)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
         self.prefix, self.kv_prefix = prefix, kv_prefix
         self.shift = ([torch.zeros(batch, prefix + max_len, shift_dim, device=device, dtype=dtype)
@@ -107,6 +109,15 @@ class Attention(nn.Module):
         self.softclamp = cfg.attn_logit_softclamp_value if cfg.attn_softclamp_logits else None
         self.topk = cfg.attn_sparse_topk
         self.residual_attn = cfg.residual_attn
+        # rotary on the last N query and key heads only (x-transformers' rotate_num_heads)
+        n = cfg.rotary_num_heads
+        if n is not None and n < H:
+            self.register_buffer("rotary_heads", rotary_head_mask(H, K, n), persistent=False)
+        else:
+            self.rotary_heads = None
+        # polar positions (PoPE) turn each query/key feature into a complex number: 2D real features
+        self.polar = cfg.pos_emb == "polar"
+        self.key_dim = 2 * D if self.polar else D
 
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
@@ -118,12 +129,16 @@ class Attention(nn.Module):
             qk = F.normalize(qk, dim=-1)
         if ctx.rope is not None:
             cis, xs = ctx.rope
-            if xs is None:
+            if self.polar:  # (query rotations per head, key rotations)
+                qk = apply_polar(qk, cis, xs, H)
+            elif self.rotary_heads is not None:
+                qk = apply_rotary(qk, *partial_head_tables(cis, xs, self.rotary_heads, H))
+            elif xs is None:
                 qk = apply_rotary(qk, cis)
             else:  # xPos scales queries up and keys down
                 qk = torch.cat((apply_rotary(qk[:, :, :H], cis, xs), apply_rotary(qk[:, :, H:], cis, xs, True)), dim=2)
-        q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, D)
-        k = qk[:, :, H:].transpose(1, 2)  # (B, K, T, D)
+        q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, D), 2D for polar
+        k = qk[:, :, H:].transpose(1, 2)  # (B, K, T, D), 2D for polar
         v = v.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
         if self.value_residual:
             v = self._mix_values(x, v, ctx, step)
@@ -155,7 +170,7 @@ class Attention(nn.Module):
         if K != H:
             # expand K heads to H, query head h reading KV head h % K (x-transformers' layout, so
             # per-head weights and ALiBi slopes line up after conversion; Llama groups h // (H/K))
-            k = k[:, None].expand(B, H // K, K, S, D).reshape(B, H, S, D)
+            k = k[:, None].expand(B, H // K, K, S, k.shape[-1]).reshape(B, H, S, k.shape[-1])
             v = v[:, None].expand(B, H // K, K, S, D).reshape(B, H, S, D)
         dropout = self.dropout if self.training else 0.0
         scores = None
@@ -196,7 +211,7 @@ class Attention(nn.Module):
         ks, vs = [], []
         K, D = self.kv_heads, self.head_dim
         if self.add_zero_kv:
-            ks.append(self.qkv.weight.new_zeros(B, K, 1, D, dtype=dtype))
+            ks.append(self.qkv.weight.new_zeros(B, K, 1, self.key_dim, dtype=dtype))
             vs.append(self.qkv.weight.new_zeros(B, K, 1, D, dtype=dtype))
         if self.num_mem_kv:
             mk = F.normalize(self.mem_k, dim=-1) if self.qk_norm else self.mem_k

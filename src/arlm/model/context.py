@@ -41,7 +41,7 @@ def plan_steps(specs, order) -> tuple[list[Step], int]:
 class Context:
     """Per-forward inputs shared by every layer (built once by the Transformer).
 
-    rope: rotary tables or None. slots: (T,) internal slots of the rows being computed (memory
+    rope: rotary (or polar) tables or None. slots: (T,) internal slots of the rows being computed (memory
     tokens first); kv_slots: the same in the KV cache, after its memory/zero key-value slots.
     mask: SDPA mask (bool visible, or additive float with -inf), None with ``causal`` for the
     fused causal kernel. visible/bias: the same split in two for the explicit-score path.
@@ -79,7 +79,8 @@ def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -
     position bias, and the left-padding rows. slots (T,) are internal rows incl. memory;
     positions (T,) | (B, T) count from each row's first real token (memory first)."""
     M = model.num_memory_tokens
-    rope = model.rotary.table(positions) if model.rotary is not None else None
+    qk_pos = model.rotary or model.polar  # rotary or polar tables, applied to queries and keys
+    rope = qk_pos.table(positions) if qk_pos is not None else None
     pad = None
     if start is not None and model.cfg.shift_tokens:
         pad = slots[None, :] < (start[:, None] + M)  # (B, T)

@@ -63,6 +63,13 @@ _POSITION_KWARGS: dict[str, tuple[str | None, Any]] = {
     "dynamic_pos_bias_log_distance": ("dynamic_pos_bias_log_distance", bool),
     "dynamic_pos_bias_mlp_depth": ("dynamic_pos_bias_mlp_depth", int),
     "attn_max_attend_past": ("max_attend_past", _int_or_none),
+    "disable_abs_pos_emb": (None, lambda v: bool(v)),
+    "rotate_num_heads": ("rotary_num_heads", _int_or_none),
+    "attn_rotate_num_heads": ("rotary_num_heads", _int_or_none),
+    "dynamic_pos_bias_norm": ("dynamic_pos_bias_norm", bool),
+    "rel_pos_kwargs": (None, dict),
+    "polar_pos_emb": (None, bool),
+    "polar_bias_uniform_init": ("polar_bias_uniform_init", bool),
 }
 
 _NORM_KWARGS: dict[str, tuple[str | None, Any]] = {
@@ -279,10 +286,31 @@ def _exclusive(kw: dict, names: tuple[str, ...], what: str) -> None:
 
 def _position_fields(kw: dict, out: dict) -> None:
     _exclusive(kw, ("alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias"), "position bias")
+    _exclusive(kw, ("rotary_pos_emb", "polar_pos_emb"), "query/key position embedding")
+    if kw.get("rotate_num_heads") is not None and kw.get("attn_rotate_num_heads") is not None:
+        raise TypeError("set either rotate_num_heads or attn_rotate_num_heads, not both")
     out["pos_bias"] = ("alibi" if kw.get("alibi_pos_bias") else "t5" if kw.get("rel_pos_bias")
                        else "dynamic" if kw.get("dynamic_pos_bias") else "none")
-    # as x-transformers: xPos implies rotary
-    out["rotary"] = bool(kw.get("rotary_pos_emb") or kw.get("rotary_xpos"))
+    # the position embedding applied to queries and keys (as x-transformers: xPos implies rotary)
+    out["qk_pos_emb"] = ("rotary" if kw.get("rotary_pos_emb") or kw.get("rotary_xpos")
+                         else "polar" if kw.get("polar_pos_emb") else None)
+    # None: as x-transformers, T5 buckets, rotary and polar embeddings turn off absolute positions
+    disable = kw.get("disable_abs_pos_emb")
+    out["disable_abs_pos_emb"] = (bool(kw.get("rel_pos_bias")) or out["qk_pos_emb"] is not None
+                                  if disable is None else disable)
+    _forward_kwargs(kw.get("rel_pos_kwargs") or {}, "rel_pos_kwargs",
+                    {"slopes": "alibi_slopes"} if out["pos_bias"] == "alibi" else {}, out,
+                    f"the {out['pos_bias']} position bias" if out["pos_bias"] != "none" else "no position bias")
+
+
+def _forward_kwargs(given: dict, name: str, fields: dict[str, str], out: dict, what: str) -> None:
+    """A dict of keyword arguments x-transformers forwards to a submodule: each key that arlm maps
+    onto a ModelConfig field sets it; any other key is refused (x-transformers would pass it on)."""
+    for key, value in given.items():
+        if key not in fields:
+            allowed = ", ".join(sorted(fields)) or "none"
+            raise TypeError(f"{name}: key {key!r} is not supported for {what} (supported keys: {allowed})")
+        out[fields[key]] = [float(v) for v in value] if key == "slopes" else float(value)
 
 
 def _norm_fields(kw: dict, out: dict) -> None:
@@ -415,8 +443,9 @@ class TransformerWrapper(Transformer):
     ``forward(x, mask=None, return_embeddings=False)`` returns logits (B, T, num_tokens).
     ``mask`` (B, T) booleans, True for real tokens, must be a left-padding mask (False only
     before the first True of each row): the model is causal, so right padding needs no mask.
-    As in x-transformers, rotary embeddings and T5 relative bias turn off the learned absolute
-    positions; ``scaled_sinu_pos_emb`` swaps them for scaled sinusoids.
+    As in x-transformers, rotary and polar embeddings and T5 relative bias turn off the learned
+    absolute positions unless the Decoder says ``disable_abs_pos_emb=False``;
+    ``scaled_sinu_pos_emb`` swaps them for scaled sinusoids.
     """
 
     def __init__(self, *, num_tokens: int, max_seq_len: int, attn_layers: Decoder, **kwargs):
@@ -424,15 +453,13 @@ class TransformerWrapper(Transformer):
             raise TypeError(f"attn_layers must be an arlm Decoder(...), got {type(attn_layers).__name__}")
         kwargs = _check_kwargs("TransformerWrapper", kwargs, _WRAPPER_KWARGS, ["num_tokens", "max_seq_len", "attn_layers"])
         fields = attn_layers.model_fields()
-        rotary = fields.pop("rotary")
-        disable_abs = rotary or fields["pos_bias"] == "t5"
-        use_abs = bool(kwargs.get("use_abs_pos_emb", True)) and not disable_abs
-        if rotary:
-            fields["pos_emb"] = "rotary"
-        elif not use_abs:
-            fields["pos_emb"] = "none"
+        qk_pos_emb = fields.pop("qk_pos_emb")
+        use_abs = bool(kwargs.get("use_abs_pos_emb", True)) and not fields.pop("disable_abs_pos_emb")
+        abs_kind = ("scaled_sinusoidal" if kwargs.get("scaled_sinu_pos_emb") else "absolute") if use_abs else "none"
+        if qk_pos_emb is not None:  # rotary or polar, with absolute positions only if asked for
+            fields["pos_emb"], fields["abs_pos_emb"] = qk_pos_emb, abs_kind
         else:
-            fields["pos_emb"] = "scaled_sinusoidal" if kwargs.get("scaled_sinu_pos_emb") else "absolute"
+            fields["pos_emb"] = abs_kind
         for name, value in kwargs.items():
             field, conv = _WRAPPER_KWARGS[name]
             if field is not None:

@@ -1,5 +1,5 @@
-"""Positional information: embeddings added to the tokens, rotary embeddings applied to queries
-and keys, and additive attention biases (ALiBi, T5 buckets, a dynamic MLP).
+"""Positional information: embeddings added to the tokens, rotary and polar embeddings applied to
+queries and keys, and additive attention biases (ALiBi, T5 buckets, a dynamic MLP).
 
 Dims: B batch, T query time, S key time, H heads, D head size, R rotary size (R <= D, even).
 Positions are (T,) when shared by every row or (B, T) for left-padded ragged batches; biases
@@ -52,7 +52,23 @@ class ScaledSinusoidalEmbedding(nn.Module):
         return torch.cat((angles.sin(), angles.cos()), dim=-1) * self.scale
 
 
-class Rotary(nn.Module):
+class _PositionTables(nn.Module):
+    """A module whose buffers are position tables: they keep their dtype under model.to(dtype) /
+    .half() (a cast would round the angles, and a complex -> real cast drops the rotation
+    altogether); only the device follows. Parameters convert as usual."""
+
+    def _apply(self, fn, recurse=True):
+        tables = dict(self._buffers)
+        self._buffers.clear()
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for name, t in tables.items():
+                self._buffers[name] = t.to(fn(torch.empty(0, device=t.device)).device)
+        return self
+
+
+class Rotary(_PositionTables):
     """Rotary position embedding (Su et al. 2021, RoFormer) on the first R dims of each head,
     rotating adjacent pairs (x[2i], x[2i+1]) as x-transformers does; partial rotary as GPT-J.
 
@@ -87,18 +103,6 @@ class Rotary(nn.Module):
             power = (t - max_positions // 2) / xpos_scale_base  # (P,)
             xscale = F.pad(decay[None, :] ** power[:, None], (0, pad), value=1.0)  # (P, D/2)
             self.register_buffer("xscale", xscale, persistent=False)
-
-    def _apply(self, fn, recurse=True):
-        # The tables keep their dtype under model.to(dtype) / .half(): a cast would round the
-        # angles, and a complex -> real cast drops the rotation altogether. Only the device follows.
-        tables = dict(self._buffers)
-        self._buffers.clear()
-        try:
-            super()._apply(fn, recurse)
-        finally:
-            for name, t in tables.items():
-                self._buffers[name] = t.to(fn(torch.empty(0, device=t.device)).device)
-        return self
 
     def table(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(rotation, xPos scale or None) for heads laid out (B, T, N, D): positions (T,) ->
@@ -142,6 +146,74 @@ def apply_rotary(x: torch.Tensor, cis: torch.Tensor, scale: torch.Tensor | None 
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
+class Polar(_PositionTables):
+    """Polar position embedding, PoPE (Gopalakrishnan et al. 2025, "Decoupling the 'What' and
+    'Where' With Polar Coordinate Positional Embeddings"): each of the D features of a query or
+    key becomes a complex number with magnitude softplus(x_d) and phase p * w_d (w_d =
+    10000**(-d/D), all D features, not pairs), so q.k = sum_d |q_d| |k_d| cos((i - j) w_d - b_hd):
+    content sets the magnitudes only, position the phases only. b is a learned phase offset per
+    head and feature, clamped to [-2 pi, 0]. Queries and keys grow to 2D real features.
+
+    x-transformers adds b to the key phases; arlm subtracts it from the query phases (the same
+    dot products), so grouped-query keys, shared by several query heads, carry no per-head term."""
+
+    def __init__(self, head_dim: int, heads: int, max_positions: int, uniform_init: bool = False,
+                 base: float = 10000.0):
+        super().__init__()
+        self.uniform_init = uniform_init
+        inv_freq = base ** -(torch.arange(head_dim, dtype=torch.float32, device="cpu") / head_dim)  # (D,)
+        angles = torch.arange(max_positions, dtype=torch.float32, device="cpu")[:, None] * inv_freq  # (P, D)
+        self.register_buffer("cis", torch.polar(torch.ones_like(angles), angles), persistent=False)  # (P, D) complex
+        self.learned_bias = nn.Parameter(torch.zeros(heads, head_dim))  # (H, D) phase offsets
+
+    @torch.no_grad()
+    def init_option_(self, generator=None) -> None:
+        # zero offsets, or uniform over the clamp range (x-transformers' polar_bias_uniform_init)
+        if self.uniform_init:
+            self.learned_bias.uniform_(-2 * math.pi, 0.0, generator=generator)
+        else:
+            self.learned_bias.zero_()
+
+    def _with_offset(self, cis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cis (B|1, T, D) -> (queries (B|1, T, H, D), keys (B|1, T, 1, D)) rotations."""
+        b = -self.learned_bias.float().clamp(-2 * math.pi, 0.0)  # (H, D)
+        return cis[..., None, :] * torch.complex(b.cos(), b.sin()), cis[..., None, :]
+
+    def table(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cis = self.cis[positions]
+        return self._with_offset(cis if positions.dim() == 2 else cis[None])
+
+    def table_range(self, p: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._with_offset(self.cis[p:p + T][None])
+
+
+def apply_polar(qk: torch.Tensor, q_cis: torch.Tensor, k_cis: torch.Tensor, heads: int) -> torch.Tensor:
+    """Queries and keys side by side (B, T, H + K, D) -> (B, T, H + K, 2D): magnitude softplus(x),
+    phase from the tables of ``Polar``."""
+    m = F.softplus(qk.float())
+    z = torch.cat((m[:, :, :heads] * q_cis, m[:, :, heads:] * k_cis), dim=2)  # (B, T, H + K, D) complex
+    return torch.view_as_real(z).flatten(-2).to(qk.dtype)
+
+
+def rotary_head_mask(heads: int, kv_heads: int, n: int) -> torch.Tensor:
+    """(H + K, 1) True on the heads that rotate: the last n query heads and the last n key heads
+    (x-transformers' rotate_num_heads; decoupled RoPE of DeepSeek-V2's multi-latent attention)."""
+    h = torch.arange(heads + kv_heads, device="cpu")
+    return ((h >= heads - n) & (h < heads) | (h >= heads + kv_heads - n))[:, None]
+
+
+def partial_head_tables(cis: torch.Tensor, scale: torch.Tensor | None, rotate: torch.Tensor,
+                        heads: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-head rotary tables (.., T, H + K, D/2) for queries and keys side by side: the identity
+    (and a unit xPos scale) on heads that do not rotate; the keys' xPos scale is inverted here, so
+    queries and keys rotate in one ``apply_rotary`` call."""
+    cis = torch.where(rotate, cis, torch.ones((), dtype=cis.dtype, device=cis.device))
+    if scale is not None:
+        is_key = torch.arange(rotate.shape[0], device=rotate.device)[:, None] >= heads
+        scale = torch.where(rotate, torch.where(is_key, scale.reciprocal(), scale), 1.0)
+    return cis, scale
+
+
 def alibi_slopes(heads: int) -> list[float]:
     """ALiBi head slopes (Press et al. 2021): a geometric sequence starting at 2**(-8/n) for n a
     power of two; otherwise the nearest power's slopes plus every other slope of twice that."""
@@ -158,12 +230,14 @@ def alibi_slopes(heads: int) -> list[float]:
 
 class AlibiBias(nn.Module):
     """ALiBi (Press et al. 2021, "Train Short, Test Long"): bias -slope_h * |i - j|; heads past
-    ``alibi_heads`` get no bias (x-transformers' alibi_num_heads)."""
+    ``alibi_heads`` get no bias (x-transformers' alibi_num_heads). ``slopes`` replaces the
+    geometric slopes (x-transformers' rel_pos_kwargs=dict(slopes=...))."""
 
-    def __init__(self, alibi_heads: int, heads: int):
+    def __init__(self, alibi_heads: int, heads: int, slopes: list[float] | None = None):
         super().__init__()
+        given = slopes
         slopes = torch.zeros(heads, device="cpu")
-        slopes[:alibi_heads] = torch.tensor(alibi_slopes(alibi_heads), device="cpu")
+        slopes[:alibi_heads] = torch.tensor(given if given is not None else alibi_slopes(alibi_heads), device="cpu")
         self.register_buffer("slopes", slopes[:, None, None], persistent=False)  # (H, 1, 1)
 
     def forward(self, dist: torch.Tensor) -> torch.Tensor:  # (B|1, T, S) query - key positions -> (B|1, H, T, S)
@@ -194,15 +268,21 @@ class T5RelativeBias(nn.Module):
 
 class DynamicPositionBias(nn.Module):
     """A small MLP from relative distance to one bias per head (Wang et al. 2021, CrossFormer's
-    dynamic position bias); evaluated once per distance and gathered, never per (i, j) pair."""
+    dynamic position bias); evaluated once per distance and gathered, never per (i, j) pair.
+    ``norm`` puts a LayerNorm after each hidden Linear (bias-free on the first one, as
+    x-transformers), as in SwinV2's log-spaced continuous position bias (Liu et al. 2021)."""
 
-    def __init__(self, dim: int, heads: int, max_positions: int, depth: int = 2, log_distance: bool = False):
+    def __init__(self, dim: int, heads: int, max_positions: int, depth: int = 2, log_distance: bool = False,
+                 norm: bool = False):
         super().__init__()
         self.log_distance = log_distance
         self.max_positions = max_positions
-        layers: list[nn.Module] = [nn.Linear(1, dim), nn.SiLU()]
-        for _ in range(depth - 1):
-            layers += [nn.Linear(dim, dim), nn.SiLU()]
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers.append(nn.Linear(1 if i == 0 else dim, dim))
+            if norm:
+                layers.append(nn.LayerNorm(dim, bias=i > 0))
+            layers.append(nn.SiLU())
         layers.append(nn.Linear(dim, heads))
         self.mlp = nn.Sequential(*layers)
 

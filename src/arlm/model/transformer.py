@@ -26,7 +26,7 @@ from .calls import call
 from .context import Context, make_context, plan_steps
 from .loss import auto_chunk_rows, linear_cross_entropy
 from .norms import NORM_TYPES, make_norm
-from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPositionBias, Rotary,
+from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPositionBias, Polar, Rotary,
                          ScaledSinusoidalEmbedding, T5RelativeBias)
 from .residual import InputReinjection, UNetSkips, depth_scaled_init_
 
@@ -74,23 +74,25 @@ class Transformer(nn.Module):
         P = cfg.max_seq_len + M  # positions seen by relative encodings (memory tokens first)
         self.token_emb = nn.Embedding(cfg.padded_vocab, cfg.dim)
         self.pos_emb = None
-        if cfg.pos_emb == "absolute":
+        if cfg.token_pos_emb == "absolute":
             self.pos_emb = AbsolutePositionalEmbedding(cfg.dim, cfg.max_seq_len, l2norm=cfg.l2norm_embed)
-        elif cfg.pos_emb == "scaled_sinusoidal":
+        elif cfg.token_pos_emb == "scaled_sinusoidal":
             self.pos_emb = ScaledSinusoidalEmbedding(cfg.dim)
         self.rotary = None
         if cfg.pos_emb == "rotary":
             self.rotary = Rotary(cfg.rotary_emb_dim, P, cfg.rotary_base, cfg.rotary_interpolation_factor,
                                  cfg.rotary_base_rescale_factor, cfg.rotary_xpos, cfg.rotary_xpos_scale_base,
                                  head_dim=cfg.head_dim)
+        # polar positions (PoPE): a table of phases per position, like rotary's
+        self.polar = Polar(cfg.head_dim, cfg.heads, P, cfg.polar_bias_uniform_init) if cfg.pos_emb == "polar" else None
         self.pos_bias = None
         if cfg.pos_bias == "alibi":
-            self.pos_bias = AlibiBias(cfg.alibi_num_heads or cfg.heads, cfg.heads)
+            self.pos_bias = AlibiBias(cfg.alibi_num_heads or cfg.heads, cfg.heads, cfg.alibi_slopes)
         elif cfg.pos_bias == "t5":
             self.pos_bias = T5RelativeBias(cfg.heads, cfg.head_dim**0.5, cfg.rel_pos_num_buckets, cfg.rel_pos_max_distance)
         elif cfg.pos_bias == "dynamic":
             self.pos_bias = DynamicPositionBias(cfg.dim // 4, cfg.heads, P, cfg.dynamic_pos_bias_mlp_depth,
-                                                cfg.dynamic_pos_bias_log_distance)
+                                                cfg.dynamic_pos_bias_log_distance, cfg.dynamic_pos_bias_norm)
         # post-embedding LayerNorm (BLOOM; Dettmers et al. 2021), a plain LayerNorm as x-transformers
         self.post_emb_norm = nn.LayerNorm(cfg.dim, bias=False) if cfg.post_emb_norm else None
         self.emb_dropout = nn.Dropout(cfg.emb_dropout)
@@ -185,7 +187,7 @@ class Transformer(nn.Module):
         return KVCache(cfg.n_attn_calls, batch_size, cfg.n_kv_heads, max_len, cfg.head_dim,
                        device=device or p.device, dtype=dtype or p.dtype, prefix=self.num_memory_tokens,
                        shift_layers=self.n_branches if s else 0, shift_dim=s * (cfg.dim // (s + 1)),
-                       kv_prefix=self.kv_prefix)
+                       kv_prefix=self.kv_prefix, key_dim=cfg.head_dim * (2 if self.polar is not None else 1))
 
     def forward(self, ids: torch.Tensor, input_pos: torch.Tensor | int | None = None,
                 cache: KVCache | None = None, start: torch.Tensor | None = None,
@@ -254,7 +256,8 @@ class Transformer(nn.Module):
         (T == 1, or a prefill from slot 0), no memory tokens, no mask-needing option."""
         T = ids.shape[1]
         x = self._embed(ids, None)
-        rope = self.rotary.table_range(p, T) if self.rotary is not None else None
+        qk_pos = self.rotary or self.polar
+        rope = qk_pos.table_range(p, T) if qk_pos is not None else None
         ctx = Context(self._steps, self._first_attn_step, rope=rope, cache=cache)
         ctx.slot0, ctx.kv_end, ctx.causal = p, p + T, T > 1
         x = self._blocks(x, ctx, return_attn_z_loss)
