@@ -454,7 +454,8 @@ class TransformerWrapper(Transformer):
         kwargs = _check_kwargs("TransformerWrapper", kwargs, _WRAPPER_KWARGS, ["num_tokens", "max_seq_len", "attn_layers"])
         fields = attn_layers.model_fields()
         qk_pos_emb = fields.pop("qk_pos_emb")
-        use_abs = bool(kwargs.get("use_abs_pos_emb", True)) and not fields.pop("disable_abs_pos_emb")
+        disable_abs = fields.pop("disable_abs_pos_emb")
+        use_abs = bool(kwargs.get("use_abs_pos_emb", True)) and not disable_abs
         abs_kind = ("scaled_sinusoidal" if kwargs.get("scaled_sinu_pos_emb") else "absolute") if use_abs else "none"
         if qk_pos_emb is not None:  # rotary or polar, with absolute positions only if asked for
             fields["pos_emb"], fields["abs_pos_emb"] = qk_pos_emb, abs_kind
