@@ -130,6 +130,15 @@ RESIDUAL: dict[str, tuple[dict, dict, bool]] = {
     "unet_skips": ({"depth": 4, "unet_skips": True}, {}, True),
     "unet_skips_odd_depth": ({"depth": 5, "unet_skips": True, "reinject_input": True}, {"num_memory_tokens": 1}, True),
     "unet_skips_macaron": ({"depth": 3, "unet_skips": True, "macaron": True}, {}, True),
+    # x-transformers projects / averages over the whole sequence (not causal): arlm per token /
+    # over the positions so far; tests/test_residual.py compares what can be compared
+    "orthog_residual": ({"orthog_residual": True, "scale_residual": True}, {"num_memory_tokens": 1}, False),
+    "mv_split_residual": ({"mv_split_residual": True, "residual_fn_kwargs": {"init_alpha": 0.2, "init_beta": 0.5}},
+                          {}, False),
+    "mv_split_learned": ({"mv_split_residual": True, "residual_fn_kwargs": {"learned": True, "init_beta": 0.5},
+                          "macaron": True}, {"num_memory_tokens": 2}, False),
+    "mv_split_post_norm_execute_order": ({"mv_split_residual": True, "pre_norm": False,
+                                          "layers_execute_order": (0, 1, 2, 3, 2, 3)}, {}, False),
     # (residual and layer structure: new options go here)
 }
 

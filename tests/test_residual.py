@@ -50,3 +50,74 @@ def test_residual_fn_kwargs_map_to_options_or_are_refused():
 def test_inconsistent_residual_options_are_refused(kw, match):
     with pytest.raises(ConfigError, match=match):
         TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=Decoder(**{"depth": 2, **BASE, **kw}))
+
+
+# x-transformers' orthogonal and mean/variance split updates look at the whole sequence at once
+# (not causal); arlm's per-token / running-mean versions must equal them where the two coincide.
+
+xt = pytest.importorskip("x_transformers")
+
+
+def _perturbed(module):
+    """Move every weight off its init (zero weights, constant biases, unit gains)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return module
+
+
+def _xt_residual(cls, **kw):
+    torch.manual_seed(0)
+    return _perturbed(cls(32, **kw))
+
+
+def test_orthogonal_update_equals_x_transformers_per_token():
+    from arlm.model.residual import orthogonal_update
+
+    ref = _xt_residual(xt.x_transformers.OrthogonalResidualUpdate)
+    out, res = torch.randn(2, 7, 32), torch.randn(2, 7, 32)
+    got = orthogonal_update(out, res)
+    for t in range(7):  # one token: x-transformers' whole-sequence projection is the per-token one
+        torch.testing.assert_close(got[:, t:t + 1], ref(out[:, t:t + 1], res[:, t:t + 1]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("learned", [False, True])
+def test_mv_split_update_at_each_position_equals_x_transformers_on_the_prefix(learned):
+    from arlm.model.context import Context
+    from arlm.model.residual import MVSplitUpdate
+    from arlm import ModelConfig
+
+    ref = _xt_residual(xt.x_transformers.MVSplitResidualUpdate, learned=learned, init_alpha=0.1, init_beta=0.2)
+    ours = MVSplitUpdate(ModelConfig(dim=32, mv_split_residual=True, mv_split_learned=learned))
+    ours.load_state_dict(ref.state_dict())
+    out, res = torch.randn(2, 7, 32), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        got = ours(out, res, Context([], -1, slots=torch.arange(7)), 0, "attn")
+        for t in range(7):  # the running mean at t is the mean over the prefix 0..t
+            torch.testing.assert_close(got[:, t], ref(out[:, :t + 1], res[:, :t + 1])[:, -1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(orthog_residual=True, scale_residual=True),
+    dict(mv_split_residual=True, residual_fn_kwargs=dict(learned=True)),
+    dict(mv_split_residual=True, pre_norm=False),
+], ids=["orthog_residual", "mv_split_learned", "mv_split_post_norm"])
+def test_single_token_logits_match_x_transformers_after_conversion(kw):
+    """With one token per row the whole-sequence and causal versions coincide: this checks the
+    weight conversion and the update's place in the block."""
+    from arlm.export.x_transformers import convert_state_dict
+
+    dec = dict(dim=32, depth=2, heads=2, attn_dim_head=16, **kw)
+    ref = _xt_model(dec)
+    ours = TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=Decoder(**dec)).eval()
+    ours.load_state_dict(convert_state_dict(ref.state_dict(), ours))
+    x = torch.randint(0, V, (3, 1), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = ref(x), ours(x)
+    assert want.std() > 1e-2
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def _xt_model(dec: dict):
+    torch.manual_seed(0)
+    return _perturbed(xt.TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=xt.Decoder(**dec))).eval()

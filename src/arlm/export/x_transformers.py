@@ -148,6 +148,9 @@ def _layer_param(model, j: int, slot: int, rest: str, value, offset: float, put,
         if rest == "residual_scale":
             put(f"{prefix}.{kind}_residual_scale", value)
             return True
+        if re.match(r"^(alpha|beta|to_(alpha|beta)\.(weight|bias))$", rest):  # mean/variance split update
+            put(f"{prefix}.{kind}_mv_split.{rest}", value)
+            return True
         m = re.match(r"^gru\.(weight_ih|weight_hh|bias_ih|bias_hh)$", rest)
         if m:
             put(f"{prefix}.{kind}_gate.{m.group(1)}", value)

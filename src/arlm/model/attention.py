@@ -33,13 +33,15 @@ class KVCache:
     Leading slots are reserved: first ``kv_prefix`` for memory/zero key-values (so decoding
     never concatenates), then ``prefix`` for the model's memory tokens; both are 0 unless those
     options are on. ``shift`` (N tensors (B, prefix + max_len, F)) keeps earlier tokens'
-    features for token shifting (None unless ``shift_tokens``). ``max_len`` counts token slots only.
+    features for token shifting (None unless ``shift_tokens``). ``running`` (N tensors
+    (B, prefix + max_len, R), fp32) keeps running sums over positions for ``mv_split_residual``
+    (None unless it is on). ``max_len`` counts token slots only.
     ``key_dim``: the key width when it differs from the value width (polar positions: 2D).
     """
 
     def __init__(self, depth: int, batch: int, kv_heads: int, max_len: int, head_dim: int,
                  device=None, dtype=torch.float32, prefix: int = 0, shift_layers: int = 0, shift_dim: int = 0,
-                 kv_prefix: int = 0, key_dim: int | None = None):
+                 kv_prefix: int = 0, key_dim: int | None = None, running_layers: int = 0, running_dim: int = 0):
         shape = (batch, kv_heads, kv_prefix + prefix + max_len, head_dim)
         kshape = shape[:3] + (key_dim or head_dim,)
         self.k = [torch.zeros(kshape, device=device, dtype=dtype) for _ in range(depth)]
@@ -47,6 +49,8 @@ class KVCache:
         self.prefix, self.kv_prefix = prefix, kv_prefix
         self.shift = ([torch.zeros(batch, prefix + max_len, shift_dim, device=device, dtype=dtype)
                        for _ in range(shift_layers)] if shift_layers else None)
+        self.running = ([torch.zeros(batch, prefix + max_len, running_dim, device=device, dtype=torch.float32)
+                         for _ in range(running_layers)] if running_layers else None)
 
     @property
     def batch_size(self) -> int:
@@ -62,7 +66,7 @@ class KVCache:
         return self.slots - self.kv_prefix - self.prefix
 
     def tensors(self) -> list[torch.Tensor]:
-        return [*self.k, *self.v, *(self.shift or [])]
+        return [*self.k, *self.v, *(self.shift or []), *(self.running or [])]
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[i], self.v[i]
@@ -73,6 +77,8 @@ class KVCache:
         self.v = [t.index_select(0, index) for t in self.v]
         if self.shift is not None:
             self.shift = [t.index_select(0, index) for t in self.shift]
+        if self.running is not None:
+            self.running = [t.index_select(0, index) for t in self.running]
 
 
 class Attention(nn.Module):

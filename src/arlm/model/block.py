@@ -15,6 +15,7 @@ from .calls import call
 from .context import Context
 from .feedforward import FeedForward
 from .norms import make_norm
+from .residual import MVSplitUpdate, orthogonal_update
 
 
 class Block(nn.Module):
@@ -23,7 +24,8 @@ class Block(nn.Module):
     The default is pre-norm: x + attn(norm(x)), then x + ff(norm(x)). Options change the
     branch: post-norm (``pre_norm=False``, Vaswani et al. 2017: norm(x + f(x)), no final norm);
     sandwich norm (Ding et al. 2021, CogView: norm the branch output too); GRU-gated residual
-    (Parisotto et al. 2019) instead of the sum; a learned residual scale; macaron half-step
+    (Parisotto et al. 2019), an orthogonal or a mean/variance split update (residual.py) instead
+    of the sum; a learned residual scale; macaron half-step
     feed-forwards (Lu et al. 2019); token shifting (Peng, RWKV): part of each branch input comes
     from the previous ``shift_tokens`` positions.
     """
@@ -51,11 +53,14 @@ class Block(nn.Module):
                 setattr(self, f"{name}_gate", nn.GRUCell(cfg.dim, cfg.dim))
             if cfg.scale_residual:
                 setattr(self, f"{name}_residual_scale", nn.Parameter(torch.ones(cfg.dim)))
+            if cfg.mv_split_residual:
+                setattr(self, f"{name}_mv_split", MVSplitUpdate(cfg))
         self.sandwich, self.gated, self.scaled = cfg.sandwich_norm, cfg.gate_residual, cfg.scale_residual
+        self.orthog, self.mv_split = cfg.orthog_residual, cfg.mv_split_residual
         self.plain = (cfg.pre_norm and not (cfg.sandwich_norm or cfg.gate_residual or cfg.scale_residual
                                             or cfg.macaron or cfg.shift_tokens or cfg.layer_dropout
                                             or cfg.branch_output_scale != 1.0 or cfg.scale_residual_constant != 1.0
-                                            or cfg.reinject_input))
+                                            or cfg.reinject_input or cfg.orthog_residual or cfg.mv_split_residual))
 
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); ``step`` is this call's position in the execution order."""
@@ -95,6 +100,10 @@ class Block(nn.Module):
         if self.gated:
             gru = getattr(self, f"{name}_gate")
             x = gru(out.reshape(-1, out.shape[-1]), residual.reshape(-1, out.shape[-1])).view_as(out)
+        elif self.orthog:
+            x = orthogonal_update(out, residual)
+        elif self.mv_split:
+            x = getattr(self, f"{name}_mv_split")(out, residual, ctx, step, name)
         else:
             x = residual + out
         return x if self.pre_norm else norm(x)

@@ -45,7 +45,7 @@ class Context:
     tokens first); kv_slots: the same in the KV cache, after its memory/zero key-value slots.
     mask: SDPA mask (bool visible, or additive float with -inf), None with ``causal`` for the
     fused causal kernel. visible/bias: the same split in two for the explicit-score path.
-    pad: (B, T) True on left-padding rows (token shifting zeroes them), or None.
+    pad: (B, T) True on left-padding rows (token shifting zeroes them, running means skip them), or None.
     steps: the per-step plan, a ``Step`` per execution step. State carried between layers (first-layer values, each step's scores) is
     keyed by step, so activation checkpointing can re-run any block and see the same inputs.
     """
@@ -73,6 +73,10 @@ class Context:
     def shift_buffer(self, step: int, kind: str) -> torch.Tensor:
         return self.cache.shift[self.steps[step].attn_shift if kind == "attn" else self.steps[step].ff_shift]
 
+    def running_buffer(self, step: int, kind: str) -> torch.Tensor:
+        """The running sums of a branch (mv_split_residual), numbered as the shift buffers."""
+        return self.cache.running[self.steps[step].attn_shift if kind == "attn" else self.steps[step].ff_shift]
+
 
 def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -> Context:
     """Everything the layers share: rotary tables, the mask (or the causal fast path), the
@@ -82,8 +86,8 @@ def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -
     qk_pos = model.rotary or model.polar  # rotary or polar tables, applied to queries and keys
     rope = qk_pos.table(positions) if qk_pos is not None else None
     pad = None
-    if start is not None and model.cfg.shift_tokens:
-        pad = slots[None, :] < (start[:, None] + M)  # (B, T)
+    if start is not None and (model.cfg.shift_tokens or model.cfg.mv_split_residual):
+        pad = (slots[None, :] < (start[:, None] + M)) & (slots[None, :] >= M)  # (B, T)
     P = model.kv_prefix
     ctx = Context(model._steps, model._first_attn_step, rope=rope, slots=slots,
                   kv_slots=slots + P if P else slots, pad=pad, cache=cache)

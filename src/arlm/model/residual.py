@@ -8,9 +8,11 @@ Dims: B batch, T time, C model dim.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .context import Context
 
 
 def block_length(cfg: ModelConfig) -> int:
@@ -77,3 +79,82 @@ class UNetSkips(nn.Module):
         if src is None:
             return x
         return self.combines[str(step)](torch.cat((saved[src], x), dim=-1))
+
+
+def orthogonal_update(out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Orthogonal residual update (Oh et al. 2025, "Revisiting Residual Connections: Orthogonal
+    Updates"): add only the part of the branch output orthogonal to the residual stream, per
+    token. (x-transformers projects each row's whole (T, C) sequence at once, which lets a token
+    see later ones; per token it is causal.) Computed in fp32."""
+    o, r = out.float(), residual.float()
+    unit = F.normalize(r, dim=-1)
+    return (r + o - (o * unit).sum(dim=-1, keepdim=True) * unit).to(out.dtype)
+
+
+class MVSplitUpdate(nn.Module):
+    """Mean/variance split residual update (Lu 2025): the branch output's mean over positions
+    and its deviation from it enter the stream with separate per-channel scales,
+    residual + beta * (out - mean(out)) + alpha * (mean(out) - mean(residual)),
+    alpha and beta learned vectors, or (``mv_split_learned``) linear in mean(out).
+
+    The means are causal: over the positions up to each token (memory tokens included, left
+    padding excluded), where x-transformers averages over the whole sequence. A KV cache keeps
+    the running sums of [out, residual, 1] at every slot (fp32), so a decode step continues
+    them; chunks must cover contiguous ascending slots, as decoding writes them."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        C = cfg.dim
+        self.learned = cfg.mv_split_learned
+        self.init_alpha, self.init_beta = cfg.mv_split_init_alpha, cfg.mv_split_init_beta
+        if self.learned:
+            self.to_alpha, self.to_beta = nn.Linear(C, C), nn.Linear(C, C)
+        else:
+            self.alpha = nn.Parameter(torch.full((C,), self.init_alpha))
+            self.beta = nn.Parameter(torch.full((C,), self.init_beta))
+
+    @torch.no_grad()
+    def init_option_(self, generator: torch.Generator | None = None) -> None:
+        """The paper's start: alpha = init_alpha, beta = init_beta (zero weights, constant biases)."""
+        if self.learned:
+            for lin, v in ((self.to_alpha, self.init_alpha), (self.to_beta, self.init_beta)):
+                lin.weight.zero_()
+                lin.bias.fill_(v)
+        else:
+            self.alpha.fill_(self.init_alpha)
+            self.beta.fill_(self.init_beta)
+
+    def forward(self, out: torch.Tensor, residual: torch.Tensor, ctx: Context, step: int, kind: str) -> torch.Tensor:
+        C = out.shape[-1]
+        means = self._causal_means(torch.cat((out, residual), dim=-1), ctx, step, kind).to(out.dtype)
+        mean_out, mean_res = means[..., :C], means[..., C:]  # (B, T, C) each
+        alpha = self.to_alpha(mean_out) if self.learned else self.alpha
+        beta = self.to_beta(mean_out) if self.learned else self.beta
+        return residual + (out - mean_out) * beta + (mean_out - mean_res) * alpha
+
+    @staticmethod
+    def _causal_means(v: torch.Tensor, ctx: Context, step: int, kind: str) -> torch.Tensor:
+        """v (B, T, F) -> (B, T, F) fp32 mean over the real positions up to each token."""
+        B, T, _ = v.shape
+        w = torch.ones(B, T, 1, device=v.device)
+        if ctx.pad is not None:
+            w = w.masked_fill(ctx.pad[..., None], 0.0)
+        v = torch.cat((v.float(), w.new_ones(B, T, 1)), dim=-1) * w  # the last channel counts positions
+        if ctx.cache is None:
+            sums = v.cumsum(dim=1)
+        else:
+            buf = ctx.running_buffer(step, kind)  # (B, S, F + 1) running sums at every slot
+            M, slots = ctx.cache.prefix, ctx.slots
+            if M:  # memory tokens: the first M rows of every forward, at slots 0..M-1
+                mem = v[:, :M].cumsum(dim=1)
+                buf[:, :M] = mem
+                v, slots = v[:, M:], slots[M:]
+            first = slots[:1]
+            prev = buf.index_select(1, (first - 1).clamp(min=0)) * (first > 0).to(buf.dtype)  # (B, 1, F + 1)
+            # continue the running sums from the previous slot: the same additions, in the same
+            # order, as one pass over the whole sequence
+            sums = torch.cat((prev, v), dim=1).cumsum(dim=1)[:, 1:]
+            buf.index_copy_(1, slots, sums)
+            if M:
+                sums = torch.cat((mem, sums), dim=1)
+        return sums[..., :-1] / sums[..., -1:].clamp(min=1.0)

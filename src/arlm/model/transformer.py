@@ -122,7 +122,8 @@ class Transformer(nn.Module):
         self.kv_prefix = cfg.attn_num_mem_kv + int(cfg.attn_add_zero_kv)
         # options that need per-slot index tensors (masks, memory, shifts, absolute positions)
         # take the general path even for an int input_pos
-        self._lean_decode = not (self.needs_mask or M or cfg.shift_tokens or self.pos_emb is not None)
+        self._lean_decode = not (self.needs_mask or M or cfg.shift_tokens or self.pos_emb is not None
+                                 or cfg.mv_split_residual)
         if not self.token_emb.weight.is_meta:  # a model built on the meta device is initialised by its loader
             self.init_weights()
 
@@ -187,6 +188,7 @@ class Transformer(nn.Module):
         return KVCache(cfg.n_attn_calls, batch_size, cfg.n_kv_heads, max_len, cfg.head_dim,
                        device=device or p.device, dtype=dtype or p.dtype, prefix=self.num_memory_tokens,
                        shift_layers=self.n_branches if s else 0, shift_dim=s * (cfg.dim // (s + 1)),
+                       running_layers=self.n_branches if cfg.mv_split_residual else 0, running_dim=2 * cfg.dim + 1,
                        kv_prefix=self.kv_prefix, key_dim=cfg.head_dim * (2 if self.polar is not None else 1))
 
     def forward(self, ids: torch.Tensor, input_pos: torch.Tensor | int | None = None,
