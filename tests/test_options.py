@@ -143,6 +143,45 @@ RESIDUAL: dict[str, tuple[dict, dict, bool]] = {
 }
 
 ATTN_PROJ: dict[str, tuple[dict, dict, bool]] = {
+    "attn_value_dim_head": ({"attn_value_dim_head": 8}, {}, True),
+    # x-transformers' memory values keep the query head size, so it fails on this combination
+    "value_dim_head_gqa_memkv_zerokv": ({"heads": 4, "attn_kv_heads": 2, "attn_value_dim_head": 24, "attn_num_mem_kv": 2,
+                                         "attn_add_zero_kv": True, "add_value_residual": True}, {}, False),
+    "attn_zero_init_output": ({"attn_zero_init_output": True}, {}, True),
+    "attn_sublayer_dropout": ({"attn_sublayer_dropout": 0.1}, {}, True),
+    "attn_project_out_false": ({"attn_project_out": False}, {}, True),
+    "attn_project_out_one_head": ({"heads": 1, "attn_dim_head": 32, "attn_project_out": True}, {}, True),
+    "attn_dim_out": ({"attn_dim_out": 32}, {}, True),
+    "attn_gate_values_rank": ({"attn_gate_values": True, "attn_gate_values_rank": 4}, {}, True),
+    "attn_gate_values_headwise": ({"attn_gate_values": True, "attn_gate_values_headwise": True}, {}, True),
+    "attn_output_gate": ({"attn_output_gate": True}, {}, True),
+    "attn_output_gate_rank": ({"attn_output_gate": True, "attn_output_gate_rank": 4,
+                               "attn_low_rank_silu_gates": False}, {}, True),
+    "attn_output_gate_headwise": ({"attn_output_gate": True, "attn_output_gate_headwise": True}, {}, True),
+    "hybrid_gates_swiglu_values": ({"attn_gate_values": True, "attn_gate_values_rank": 4, "attn_output_gate": True,
+                                    "attn_output_gate_headwise": True, "attn_swiglu_values": True,
+                                    "heads": 4, "attn_kv_heads": 2}, {}, True),
+    "attn_gate_value_heads": ({"attn_gate_value_heads": True}, {}, True),
+    "attn_head_learned_sink": ({"attn_head_learned_sink": True}, {}, True),
+    "sink_gqa_memkv_zerokv_alibi": ({"attn_head_learned_sink": True, "heads": 4, "attn_kv_heads": 2,
+                                     "attn_num_mem_kv": 2, "attn_add_zero_kv": True, "alibi_pos_bias": True}, {}, True),
+    "sink_memory_tokens_window": ({"attn_head_learned_sink": True, "rotary_pos_emb": True, "attn_max_attend_past": 3},
+                                  {"num_memory_tokens": 2}, True),
+    # x-transformers projects over the whole sequence (not causal); arlm projects per token
+    "attn_orthog_projected_values": ({"attn_orthog_projected_values": True}, {}, False),
+    "attn_orthog_projected_values_per_head": ({"attn_orthog_projected_values_per_head": True, "heads": 4,
+                                               "attn_kv_heads": 2, "attn_num_mem_kv": 1}, {}, False),
+    "orthog_both_project_out_false": ({"attn_orthog_projected_values": True, "attn_orthog_projected_values_per_head": True,
+                                       "attn_dim_head": 8, "attn_project_out": False}, {}, False),
+    "attn_use_latent_q": ({"attn_use_latent_q": True, "attn_dim_latent_q": 8, "rotary_pos_emb": True}, {}, True),
+    "attn_use_latent_kv": ({"attn_use_latent_kv": True, "attn_dim_latent_kv": 8, "heads": 4, "attn_kv_heads": 2,
+                            "attn_num_mem_kv": 1}, {}, True),
+    "attn_latent_rope_subheads": ({"attn_use_latent_q": True, "attn_dim_latent_q": 12, "attn_use_latent_kv": True,
+                                   "attn_dim_latent_kv": 8, "attn_latent_rope_subheads": 1, "heads": 4,
+                                   "rotary_pos_emb": True}, {}, True),
+    "latent_rope_subheads_xpos_qk_norm": ({"attn_use_latent_kv": True, "attn_dim_latent_kv": 8,
+                                           "attn_latent_rope_subheads": 1, "rotary_xpos": True, "attn_qk_norm": True},
+                                          {}, True),
     # (attention projections, gates and values: new options go here)
 }
 

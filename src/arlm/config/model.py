@@ -113,6 +113,26 @@ class ModelConfig:
     attn_pre_talking_heads: bool = False
     attn_post_talking_heads: bool = False
     attn_sparse_topk: int | None = None
+    attn_value_dim_head: int | None = None  # None: the query/key head size
+    attn_project_out: bool | None = None  # False: no output projection (heads * value head size must be dim)
+    attn_zero_init_output: bool = False
+    attn_sublayer_dropout: float = 0.0
+    attn_gate_values_rank: int | None = None  # low-rank value gate (None: one linear map)
+    attn_gate_values_headwise: bool = False
+    attn_output_gate: bool = False
+    attn_output_gate_rank: int | None = None
+    attn_output_gate_headwise: bool = False
+    attn_low_rank_silu_gates: bool = True  # SiLU between the two halves of a low-rank gate
+    attn_swiglu_values: bool = False  # SiLU instead of sigmoid on the value / output gate
+    attn_gate_value_heads: bool = False
+    attn_head_learned_sink: bool = False
+    attn_orthog_projected_values: bool = False
+    attn_orthog_projected_values_per_head: bool = False
+    attn_use_latent_q: bool = False
+    attn_dim_latent_q: int | None = None
+    attn_use_latent_kv: bool = False
+    attn_dim_latent_kv: int | None = None
+    attn_latent_rope_subheads: int | None = None
     # (attention projections, gates and values: new options go here)
     # (attention scores and kernels: new options go here)
 
@@ -152,6 +172,17 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.dim_head if self.dim_head is not None else self.dim // self.heads
+
+    @property
+    def value_head_dim(self) -> int:
+        return self.attn_value_dim_head if self.attn_value_dim_head is not None else self.head_dim
+
+    @property
+    def attn_out_in_dim(self) -> int:
+        """Width entering the attention output projection: heads x value head size, once more
+        for each orthogonal-projected-values variant that is on (they are concatenated)."""
+        n = int(self.attn_orthog_projected_values) + int(self.attn_orthog_projected_values_per_head)
+        return self.heads * self.value_head_dim * max(1, n)
 
     @property
     def n_kv_heads(self) -> int:
@@ -425,7 +456,64 @@ class ModelConfig:
                 raise ConfigError("model.unet_skips needs model.depth >= 2 (first half skips to second half)")
 
     def _validate_attention_projections(self) -> None:
-        pass
+        for name in ("attn_value_dim_head", "attn_gate_values_rank", "attn_output_gate_rank", "attn_dim_latent_q",
+                     "attn_dim_latent_kv", "attn_latent_rope_subheads"):
+            if getattr(self, name) is not None:
+                _positive(self, name)
+        if not 0.0 <= self.attn_sublayer_dropout < 1.0:
+            raise ConfigError(f"model.attn_sublayer_dropout must be in [0, 1), got {self.attn_sublayer_dropout}")
+        if self.attn_project_out is False:
+            if self.attn_on_attn:
+                raise ConfigError("model.attn_project_out=false cannot be combined with model.attn_on_attn "
+                                  "(attention on attention is the output projection)")
+            if self.attn_out_in_dim != self.dim:
+                raise ConfigError(f"model.attn_project_out=false needs the attention output width "
+                                  f"({self.attn_out_in_dim} = heads x value head size) to equal model.dim={self.dim}")
+        # each gate modifier needs its gate, so nothing is silently ignored
+        for gate, mods in (("attn_gate_values", ("attn_gate_values_rank", "attn_gate_values_headwise")),
+                           ("attn_output_gate", ("attn_output_gate_rank", "attn_output_gate_headwise"))):
+            for m in mods:
+                if getattr(self, m) not in (None, False) and not getattr(self, gate):
+                    raise ConfigError(f"model.{m} needs model.{gate}=true")
+            rank, headwise = (getattr(self, m) for m in mods)
+            if rank is not None and headwise:
+                raise ConfigError(f"model.{mods[0]} and model.{mods[1]} are exclusive (a head-wise gate "
+                                  "projects straight to one logit per head)")
+        if self.attn_swiglu_values and not (self.attn_gate_values or self.attn_output_gate):
+            raise ConfigError("model.attn_swiglu_values needs model.attn_gate_values or model.attn_output_gate "
+                              "(it is the gates' activation)")
+        if not self.attn_low_rank_silu_gates and self.attn_gate_values_rank is None and self.attn_output_gate_rank is None:
+            raise ConfigError("model.attn_low_rank_silu_gates=false needs a low-rank gate "
+                              "(model.attn_gate_values_rank or model.attn_output_gate_rank)")
+        for rank, n_in, n_out in (("attn_gate_values_rank", self.dim, self.heads * self.value_head_dim),
+                                  ("attn_output_gate_rank", self.heads * self.value_head_dim,
+                                   self.heads * self.value_head_dim)):
+            r = getattr(self, rank)
+            if r is not None and not (r < n_in or r < n_out):
+                raise ConfigError(f"model.{rank}={r} must be below the gate's input ({n_in}) or output ({n_out}) width")
+        if self.attn_head_learned_sink and self.needs_scores:
+            raise ConfigError("model.attn_head_learned_sink cannot be combined with explicit-score options (soft-clamp, "
+                              "talking heads, top-k, residual attention): arlm's sink is a column of the fused kernel's "
+                              "mask, while those options transform the scores before it")
+        for use, dim in (("attn_use_latent_q", "attn_dim_latent_q"), ("attn_use_latent_kv", "attn_dim_latent_kv")):
+            if getattr(self, use) and getattr(self, dim) is None:
+                raise ConfigError(f"model.{use} needs model.{dim} (the latent width)")
+            if getattr(self, dim) is not None and not getattr(self, use):
+                raise ConfigError(f"model.{dim} needs model.{use}=true")
+        n = self.attn_latent_rope_subheads
+        if n is not None:
+            if not self.attn_use_latent_kv:
+                raise ConfigError("model.attn_latent_rope_subheads needs model.attn_use_latent_kv=true "
+                                  "(its key heads bypass the key/value latent)")
+            if self.n_kv_heads != self.heads:
+                raise ConfigError("model.attn_latent_rope_subheads needs as many key/value heads as heads "
+                                  "(x-transformers does not rotate part of the heads under grouped-query attention)")
+            if n >= self.heads:
+                raise ConfigError(f"model.attn_latent_rope_subheads={n} must be below model.heads={self.heads} "
+                                  "(at least one key head comes from the latent)")
+            if self.rotary_num_heads is not None:
+                raise ConfigError("model.attn_latent_rope_subheads sets the rotated heads itself; "
+                                  "leave model.rotary_num_heads unset")
 
     def _validate_attention_scores(self) -> None:
         pass

@@ -26,6 +26,18 @@ _ATTN = {
     "to_value_residual_mix.0.bias": "value_mix.bias",
     "to_out.weight": "out.weight",
     "to_out.0.weight": "out.weight",  # attention on attention: Linear then GLU
+    "to_v_gate.down.weight": "value_gate.down.weight",  # low-rank gates
+    "to_v_gate.up.weight": "value_gate.up.weight",
+    "to_output_gate.weight": "output_gate.weight",
+    "to_output_gate.down.weight": "output_gate.down.weight",
+    "to_output_gate.up.weight": "output_gate.up.weight",
+    "to_v_head_gate.weight": "head_gate.weight",
+    "to_v_head_gate.bias": "head_gate.bias",
+    "attend.head_attn_sink": "sink.logit",
+    # multi-head latent attention keeps separate projections (no fused qkv)
+    "to_latent_q.weight": "latent.latent_q.weight",
+    "to_latent_kv.weight": "latent.latent_kv.weight",
+    "to_rotateable_k.weight": "latent.rope_k.weight",
 }
 
 
@@ -160,6 +172,9 @@ def _layer_param(model, j: int, slot: int, rest: str, value, offset: float, put,
         rest = rest[3:]
     if kind == "attn":
         m = re.match(r"^to_([qkv])\.weight$", rest)
+        if m and model.blocks[block].attn.latent is not None:
+            put(f"{prefix}.attn.latent.{m.group(1)}.weight", value)
+            return True
         if m:
             qkv.setdefault(f"{prefix}.attn", {})[m.group(1)] = value
             return True

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .attend import attention_lse, explicit_attention, fused_attention
+from .attention_variants import HeadGate, LatentQKV, LearnedSink, gate_attended, gate_projection, orthogonal_values
 from .calls import call
 from .context import Context
 from .positional import apply_polar, apply_rotary, partial_head_tables, rotary_head_mask
@@ -25,7 +26,7 @@ from .positional import apply_polar, apply_rotary, partial_head_tables, rotary_h
 
 class KVCache:
     """Keys and values for every attention call, preallocated: k, v are lists of L tensors
-    (B, K, S, D), one per attention call. Separate tensors (not views of one stacked tensor)
+    (B, K, S, D) and (B, K, S, Dv), one per attention call (Dv = D unless ``value_dim``). Separate tensors (not views of one stacked tensor)
     let a compiled step write each in place; a stacked cache compiles into a copy of the whole
     cache per layer per step.
 
@@ -41,11 +42,13 @@ class KVCache:
 
     def __init__(self, depth: int, batch: int, kv_heads: int, max_len: int, head_dim: int,
                  device=None, dtype=torch.float32, prefix: int = 0, shift_layers: int = 0, shift_dim: int = 0,
-                 kv_prefix: int = 0, key_dim: int | None = None, running_layers: int = 0, running_dim: int = 0):
+                 kv_prefix: int = 0, key_dim: int | None = None, running_layers: int = 0, running_dim: int = 0,
+                 value_dim: int | None = None):
         shape = (batch, kv_heads, kv_prefix + prefix + max_len, head_dim)
         kshape = shape[:3] + (key_dim or head_dim,)
+        vshape = shape[:3] + (value_dim or head_dim,)
         self.k = [torch.zeros(kshape, device=device, dtype=dtype) for _ in range(depth)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
+        self.v = [torch.zeros(vshape, device=device, dtype=dtype) for _ in range(depth)]
         self.prefix, self.kv_prefix = prefix, kv_prefix
         self.shift = ([torch.zeros(batch, prefix + max_len, shift_dim, device=device, dtype=dtype)
                        for _ in range(shift_layers)] if shift_layers else None)
@@ -84,12 +87,17 @@ class KVCache:
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, value_mix: bool = False):
         super().__init__()
-        H, K, D = cfg.heads, cfg.n_kv_heads, cfg.head_dim
-        self.heads, self.kv_heads, self.head_dim = H, K, D
-        self.qkv = nn.Linear(cfg.dim, (H + 2 * K) * D, bias=False)
+        H, K, D, Dv = cfg.heads, cfg.n_kv_heads, cfg.head_dim, cfg.value_head_dim
+        self.heads, self.kv_heads, self.head_dim, self.value_dim = H, K, D, Dv
+        latent = cfg.attn_use_latent_q or cfg.attn_use_latent_kv
+        self.qkv = None if latent else nn.Linear(cfg.dim, (H + K) * D + K * Dv, bias=False)
+        self.latent = LatentQKV(cfg) if latent else None
         # attention on attention (Huang et al. 2019): the output projection is a GLU
         self.on_attn = cfg.attn_on_attn
-        self.out = nn.Linear(H * D, cfg.dim * (2 if cfg.attn_on_attn else 1), bias=False)
+        self.out = (None if cfg.attn_project_out is False
+                    else nn.Linear(cfg.attn_out_in_dim, cfg.dim * (2 if cfg.attn_on_attn else 1), bias=False))
+        self.zero_init_output = cfg.attn_zero_init_output
+        self.sublayer_dropout = cfg.attn_sublayer_dropout
         self.dropout = cfg.attn_dropout
         self.qk_norm = cfg.qk_norm
         # qk-norm (Henry et al. 2020): cosine-similarity attention with a fixed temperature
@@ -98,14 +106,25 @@ class Attention(nn.Module):
         self.num_mem_kv = cfg.attn_num_mem_kv
         if self.num_mem_kv:
             self.mem_k = nn.Parameter(torch.randn(K, self.num_mem_kv, D))
-            self.mem_v = nn.Parameter(torch.randn(K, self.num_mem_kv, D))
+            self.mem_v = nn.Parameter(torch.randn(K, self.num_mem_kv, Dv))
         # a zero key/value every query can fall back on ("attention is off by one", Miller 2023)
         self.add_zero_kv = cfg.attn_add_zero_kv
         self.kv_prefix = self.num_mem_kv + int(self.add_zero_kv)
         # per-head learned output scale (Shleifer et al. 2021, NormFormer); 1-D, so no weight decay
         self.head_scale = nn.Parameter(torch.ones(H)) if cfg.attn_head_scale else None
-        # sigmoid gate on the attended values from the layer input (AlphaFold2 gated attention)
-        self.value_gate = nn.Linear(cfg.dim, H * D, bias=False) if cfg.attn_gate_values else None
+        # gates on the attended values (attention_variants.py): from the layer input (value gate),
+        # from the attended values themselves (output gate), one per head (head gate)
+        gate = dict(heads=H, width=H * Dv, silu=cfg.attn_low_rank_silu_gates)
+        self.value_gate = (gate_projection(cfg.dim, rank=cfg.attn_gate_values_rank, headwise=cfg.attn_gate_values_headwise,
+                                           **gate) if cfg.attn_gate_values else None)
+        self.output_gate = (gate_projection(H * Dv, rank=cfg.attn_output_gate_rank, headwise=cfg.attn_output_gate_headwise,
+                                            **gate) if cfg.attn_output_gate else None)
+        self.gated = cfg.attn_gate_values or cfg.attn_output_gate
+        self.swiglu_values = cfg.attn_swiglu_values
+        self.head_gate = HeadGate(cfg.dim, H) if cfg.attn_gate_value_heads else None
+        self.sink = LearnedSink(H) if cfg.attn_head_learned_sink else None
+        orthog = (cfg.attn_orthog_projected_values, cfg.attn_orthog_projected_values_per_head)
+        self.orthog = orthog if any(orthog) else None  # (over all heads, per head)
         # value residual (Zhou et al. 2024, ResFormer): mix in the first layer's values, per token and KV head
         self.value_mix = nn.Linear(cfg.dim, K) if value_mix else None
         self.value_residual = cfg.add_value_residual
@@ -116,7 +135,8 @@ class Attention(nn.Module):
         self.topk = cfg.attn_sparse_topk
         self.residual_attn = cfg.residual_attn
         # rotary on the last N query and key heads only (x-transformers' rotate_num_heads)
-        n = cfg.rotary_num_heads
+        # (latent attention's decoupled RoPE rotates its last attn_latent_rope_subheads heads the same way)
+        n = cfg.rotary_num_heads if cfg.rotary_num_heads is not None else cfg.attn_latent_rope_subheads
         if n is not None and n < H:
             self.register_buffer("rotary_heads", rotary_head_mask(H, K, n), persistent=False)
         else:
@@ -127,10 +147,13 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
-        H, K, D = self.heads, self.kv_heads, self.head_dim
+        H, K, D, Dv = self.heads, self.kv_heads, self.head_dim, self.value_dim
         mods = self._modules
-        qk, v = call(mods["qkv"], x).split(((H + K) * D, K * D), dim=-1)
-        qk = qk.view(B, T, H + K, D)  # queries and keys side by side: norm and rotate them at once
+        if self.latent is None:
+            qk, v = call(mods["qkv"], x).split(((H + K) * D, K * Dv), dim=-1)
+            qk = qk.view(B, T, H + K, D)  # queries and keys side by side: norm and rotate them at once
+        else:
+            qk, v = self.latent(x)
         if self.qk_norm:
             qk = F.normalize(qk, dim=-1)
         if ctx.rope is not None:
@@ -145,7 +168,8 @@ class Attention(nn.Module):
                 qk = torch.cat((apply_rotary(qk[:, :, :H], cis, xs), apply_rotary(qk[:, :, H:], cis, xs, True)), dim=2)
         q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, D), 2D for polar
         k = qk[:, :, H:].transpose(1, 2)  # (B, K, T, D), 2D for polar
-        v = v.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
+        v = v.view(B, T, K, Dv).transpose(1, 2)  # (B, K, T, Dv)
+        own_values = v
         if self.value_residual:
             v = self._mix_values(x, v, ctx, step)
         kv = ctx.kv(step)
@@ -177,7 +201,11 @@ class Attention(nn.Module):
             # expand K heads to H, query head h reading KV head h % K (x-transformers' layout, so
             # per-head weights and ALiBi slopes line up after conversion; Llama groups h // (H/K))
             k = k[:, None].expand(B, H // K, K, S, k.shape[-1]).reshape(B, H, S, k.shape[-1])
-            v = v[:, None].expand(B, H // K, K, S, D).reshape(B, H, S, D)
+            v = v[:, None].expand(B, H // K, K, S, Dv).reshape(B, H, S, Dv)
+        mask, causal = ctx.mask, ctx.causal
+        if self.sink is not None:
+            k, v, mask = self.sink.extend(q, k, v, mask, causal)
+            causal = False
         dropout = self.dropout if self.training else 0.0
         scores = None
         if self.explicit:
@@ -189,17 +217,33 @@ class Attention(nn.Module):
             if self.residual_attn:
                 ctx.scores[step] = scores
         else:
-            y = fused_attention(q, k, v, ctx.mask, ctx.causal, self.scale, dropout)  # (B, H, T, D)
+            y = fused_attention(q, k, v, mask, causal, self.scale, dropout)  # (B, H, T, Dv)
         if ctx.z_lse is not None:
-            ctx.z_lse.append(attention_lse(q, k, scale=self.scale, scores=scores, mask=ctx.mask,
-                                           visible=ctx.visible, causal=ctx.causal))
+            ctx.z_lse.append(attention_lse(q, k, scale=self.scale, scores=scores, mask=mask,
+                                           visible=ctx.visible, causal=causal))
         if self.head_scale is not None:
             y = y * self.head_scale[:, None, None].to(y.dtype)
-        y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
-        if self.value_gate is not None:
-            y = y * torch.sigmoid(self.value_gate(x))
-        y = call(mods["out"], y)
-        return F.glu(y, dim=-1) if self.on_attn else y
+        if self.head_gate is not None:
+            y = self.head_gate.gate(y, x)
+        y = y.transpose(1, 2).reshape(B, T, H * Dv)  # (B, T, H*Dv)
+        if self.gated:
+            y = gate_attended(y, x, H, self.value_gate, self.output_gate, self.swiglu_values)
+        if self.orthog is not None:
+            y = orthogonal_values(y, own_values, H, *self.orthog)
+        out = mods.get("out")  # absent: no output projection (a plain None attribute)
+        if out is not None:
+            y = call(out, y)
+            if self.on_attn:
+                y = F.glu(y, dim=-1)
+        if self.sublayer_dropout and self.training:
+            y = F.dropout(y, self.sublayer_dropout)
+        return y
+
+    @torch.no_grad()
+    def init_option_(self, generator=None) -> None:
+        # a zero output projection: the layer starts as the identity (Bachlechner et al. 2020, ReZero)
+        if self.zero_init_output and self.out is not None:
+            self.out.weight.zero_()
 
     def _mix_values(self, x, v, ctx: Context, step: int) -> torch.Tensor:
         """The first attention call stores its values; later calls interpolate towards them with a
@@ -215,12 +259,14 @@ class Attention(nn.Module):
     def _prefix_kv(self, B: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero and memory key/values that precede the keys: (B, K, P, D) each."""
         ks, vs = [], []
-        K, D = self.kv_heads, self.head_dim
+        K, D, Dv = self.kv_heads, self.head_dim, self.value_dim
         if self.add_zero_kv:
-            ks.append(self.qkv.weight.new_zeros(B, K, 1, self.key_dim, dtype=dtype))
-            vs.append(self.qkv.weight.new_zeros(B, K, 1, D, dtype=dtype))
+            device = next(self.parameters()).device
+            ks.append(torch.zeros(B, K, 1, self.key_dim, dtype=dtype, device=device))
+            vs.append(torch.zeros(B, K, 1, Dv, dtype=dtype, device=device))
         if self.num_mem_kv:
             mk = F.normalize(self.mem_k, dim=-1) if self.qk_norm else self.mem_k
             ks.append(mk.to(dtype)[None].expand(B, -1, -1, -1))
             vs.append(self.mem_v.to(dtype)[None].expand(B, -1, -1, -1))
         return torch.cat(ks, dim=2), torch.cat(vs, dim=2)
+

@@ -122,6 +122,27 @@ _ATTN_PROJ_KWARGS: dict[str, tuple[str | None, Any]] = {
     "attn_num_mem_kv": ("attn_num_mem_kv", int),
     "attn_add_zero_kv": ("attn_add_zero_kv", bool),
     "attn_on_attn": ("attn_on_attn", bool),
+    "attn_value_dim_head": ("attn_value_dim_head", _int_or_none),
+    "attn_dim_out": (None, _int_or_none),
+    "attn_project_out": ("attn_project_out", lambda v: None if v is None else bool(v)),
+    "attn_zero_init_output": ("attn_zero_init_output", bool),
+    "attn_sublayer_dropout": ("attn_sublayer_dropout", float),
+    "attn_gate_values_rank": ("attn_gate_values_rank", _int_or_none),
+    "attn_gate_values_headwise": ("attn_gate_values_headwise", bool),
+    "attn_output_gate": ("attn_output_gate", bool),
+    "attn_output_gate_rank": ("attn_output_gate_rank", _int_or_none),
+    "attn_output_gate_headwise": ("attn_output_gate_headwise", bool),
+    "attn_low_rank_silu_gates": ("attn_low_rank_silu_gates", bool),
+    "attn_swiglu_values": ("attn_swiglu_values", bool),
+    "attn_gate_value_heads": ("attn_gate_value_heads", bool),
+    "attn_head_learned_sink": ("attn_head_learned_sink", bool),
+    "attn_orthog_projected_values": ("attn_orthog_projected_values", bool),
+    "attn_orthog_projected_values_per_head": ("attn_orthog_projected_values_per_head", bool),
+    "attn_use_latent_q": ("attn_use_latent_q", bool),
+    "attn_dim_latent_q": ("attn_dim_latent_q", _int_or_none),
+    "attn_use_latent_kv": ("attn_use_latent_kv", bool),
+    "attn_dim_latent_kv": ("attn_dim_latent_kv", _int_or_none),
+    "attn_latent_rope_subheads": ("attn_latent_rope_subheads", _int_or_none),
 }
 
 _ATTN_SCORE_KWARGS: dict[str, tuple[str | None, Any]] = {
@@ -200,6 +221,10 @@ REFUSED: dict[str, str] = {
     "num_pooled_tokens": "it configures attn_pool, which is refused",
     "attn_pool_depth": "it configures attn_pool, which is refused",
     "dim_pooled_tokens": "it configures attn_pool, which is refused",
+    "attn_heads": "x-transformers' Decoder passes its own heads= to every attention layer, so attn_heads "
+                  "collides with it there (TypeError); set heads= instead",
+    "attn_output_proj_depth": "x-transformers' Decoder sets each attention layer's output_proj_depth itself, so "
+                              "attn_output_proj_depth collides with it there (TypeError)",
 }
 
 _ANY = object()
@@ -343,7 +368,10 @@ def _residual_fields(kw: dict, out: dict) -> None:
 
 
 def _attn_proj_fields(kw: dict, out: dict) -> None:
-    pass
+    dim_out = kw.get("attn_dim_out")
+    if dim_out is not None and dim_out != out["dim"]:
+        raise TypeError(f"attn_dim_out={dim_out} is refused: inside a Decoder each attention output is added "
+                        f"to the residual stream, so it must be dim={out['dim']} (x-transformers fails there too)")
 
 
 def _attn_score_fields(kw: dict, out: dict) -> None:

@@ -189,7 +189,8 @@ class Transformer(nn.Module):
                        device=device or p.device, dtype=dtype or p.dtype, prefix=self.num_memory_tokens,
                        shift_layers=self.n_branches if s else 0, shift_dim=s * (cfg.dim // (s + 1)),
                        running_layers=self.n_branches if cfg.mv_split_residual else 0, running_dim=2 * cfg.dim + 1,
-                       kv_prefix=self.kv_prefix, key_dim=cfg.head_dim * (2 if self.polar is not None else 1))
+                       kv_prefix=self.kv_prefix, key_dim=cfg.head_dim * (2 if self.polar is not None else 1),
+                       value_dim=cfg.value_head_dim)
 
     def forward(self, ids: torch.Tensor, input_pos: torch.Tensor | int | None = None,
                 cache: KVCache | None = None, start: torch.Tensor | None = None,

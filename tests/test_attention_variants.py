@@ -1,0 +1,145 @@
+"""Attention projection, gate and value options beyond the option matrix (tests/test_options.py):
+their initialisation, training-only behaviour, refusals, and the x-transformers comparison that
+is possible where x-transformers itself is not causal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arlm import Decoder, ModelConfig, TransformerWrapper
+from arlm.config.checks import ConfigError
+
+from test_options import BASE, SEQ, V, build, tokens
+
+
+def wrapper(**dec) -> TransformerWrapper:
+    torch.manual_seed(0)
+    return TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=Decoder(**{**BASE, **dec}))
+
+
+def test_zero_init_output_starts_every_attention_layer_at_zero():
+    net = build("attn_zero_init_output")
+    for block in net.blocks:
+        assert not block.attn.out.weight.any()
+        assert block.ff.proj_out.weight.any()  # only the attention output (zero_init_branch_output does both)
+    x = tokens(1, 8, seed=0)
+    with torch.no_grad():
+        attn_out = net.blocks[0].attn(net._embed(x, torch.arange(8)), _context(net, 8))
+    assert not attn_out.any()
+
+
+def _context(net, T):
+    from arlm.model.context import make_context
+    slots = torch.arange(T)
+    return make_context(net, slots, slots, None, None, None)
+
+
+def test_gates_start_where_their_papers_start():
+    net = wrapper(attn_gate_values=True, attn_gate_values_rank=4, attn_output_gate=True, attn_gate_value_heads=True,
+                  attn_head_learned_sink=True)
+    net.init_weights(torch.Generator().manual_seed(1))
+    for block in net.blocks:
+        a = block.attn
+        assert not a.value_gate.up.weight.any() and a.value_gate.down.weight.any()  # low rank: up starts at zero
+        assert not a.output_gate.weight.any()
+        assert not a.head_gate.weight.any() and torch.all(a.head_gate.bias == 10.0)  # head gate starts open
+        assert not a.sink.logit.any()
+
+
+def test_sublayer_dropout_only_in_training():
+    net = build("attn_sublayer_dropout")
+    x = tokens(2, 12, seed=0)
+    with torch.no_grad():
+        net.train()
+        a, b = net(x), net(x)
+        net.eval()
+        c, d = net(x), net(x)
+    assert not torch.equal(a, b)
+    assert torch.equal(c, d)
+
+
+def test_learned_sink_takes_attention_weight():
+    """A very negative sink changes nothing; a very positive one makes every head attend to nothing."""
+    net = build("attn_head_learned_sink").eval()
+    x = tokens(1, 10, seed=0)
+    ref = wrapper(attn_zero_init_output=False).eval()
+    ref.load_state_dict({k: v for k, v in net.state_dict().items() if "sink" not in k})
+    with torch.no_grad():
+        for b in net.blocks:
+            b.attn.sink.logit.fill_(-1e4)
+        torch.testing.assert_close(net(x), ref(x), atol=1e-6, rtol=0)
+        for b in net.blocks:
+            b.attn.sink.logit.fill_(1e4)
+            b.attn.out.weight.normal_()
+        h = net._embed(x, torch.arange(10))
+        assert net.blocks[0].attn(net.blocks[0].attn_norm(h), _context(net, 10)).abs().max() < 1e-6
+
+
+def test_orthogonal_values_are_orthogonal_to_the_tokens_own_values():
+    from arlm.model.attention_variants import orthogonal_values
+
+    y, v = torch.randn(2, 5, 4 * 3), torch.randn(2, 2, 5, 3)  # H=4 query heads, K=2 KV heads of Dv=3
+    out = orthogonal_values(y, v, 4, True, True)
+    vh = v.transpose(1, 2).repeat(1, 1, 2, 1)  # (B, T, H, Dv), head h reads KV head h % K
+    whole, per_head = out.split(12, dim=-1)
+    assert (whole * vh.flatten(2)).sum(-1).abs().max() < 1e-5
+    assert (per_head.view(2, 5, 4, 3) * vh).sum(-1).abs().max() < 1e-5
+
+
+def test_orthogonal_values_match_x_transformers_for_one_token():
+    """x-transformers projects over the whole sequence (so it is not causal); on a single token
+    that is arlm's per-token projection."""
+    xt = pytest.importorskip("x_transformers")
+    from test_x_transformers_parity import reference
+
+    from arlm.export.x_transformers import convert_state_dict
+
+    dec = {"attn_orthog_projected_values": True, "heads": 4, "attn_kv_heads": 2}
+    ref = reference(dec, {}, seed=0)
+    ours = wrapper(**dec).eval()
+    ours.load_state_dict(convert_state_dict(ref.state_dict(), ours))
+    x = tokens(3, 1, seed=1)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)
+    assert xt is not None
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"attn_dim_out": 16}, "attn_dim_out=16 is refused"),
+    ({"attn_heads": 2}, "attn_heads.* is refused"),
+    ({"attn_output_proj_depth": 2}, "attn_output_proj_depth.* is refused"),
+])
+def test_refused_keywords_say_why(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        wrapper(**kwargs)
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"attn_project_out": False, "dim": 32, "heads": 2, "dim_head": 8}, "attn_project_out=false needs"),
+    ({"attn_project_out": False, "attn_on_attn": True, "dim": 32, "heads": 2}, "attention on attention"),
+    ({"attn_gate_values_rank": 4}, "attn_gate_values_rank needs model.attn_gate_values"),
+    ({"attn_output_gate": True, "attn_output_gate_rank": 4, "attn_output_gate_headwise": True}, "exclusive"),
+    ({"attn_swiglu_values": True}, "attn_swiglu_values needs"),
+    ({"attn_low_rank_silu_gates": False}, "needs a low-rank gate"),
+    ({"attn_head_learned_sink": True, "attn_softclamp_logits": True}, "explicit-score"),
+    ({"attn_use_latent_kv": True}, "attn_dim_latent_kv"),
+    ({"attn_dim_latent_q": 8}, "needs model.attn_use_latent_q"),
+    ({"attn_use_latent_kv": True, "attn_dim_latent_kv": 8, "attn_latent_rope_subheads": 1, "kv_heads": 1},
+     "as many key/value heads"),
+    ({"attn_latent_rope_subheads": 1}, "needs model.attn_use_latent_kv"),
+])
+def test_config_refuses_inconsistent_options(fields, match):
+    with pytest.raises(ConfigError, match=match):
+        ModelConfig(**fields).validate()
+
+
+def test_inert_values_are_accepted():
+    net = wrapper(attn_dim_out=32, attn_project_out=None, attn_value_dim_head=16, attn_low_rank_silu_gates=True,
+                  attn_sublayer_dropout=0.0, attn_output_gate=False, attn_latent_rope_subheads=None)
+    base = wrapper()
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in base.state_dict().items()}
+    net.load_state_dict(base.state_dict())
+    x = tokens(1, 6, seed=0)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), base.eval()(x))
