@@ -63,7 +63,7 @@ def test_learned_sink_takes_attention_weight():
     """A very negative sink changes nothing; a very positive one makes every head attend to nothing."""
     net = build("attn_head_learned_sink").eval()
     x = tokens(1, 10, seed=0)
-    ref = wrapper(attn_zero_init_output=False).eval()
+    ref = wrapper(rotary_pos_emb=True).eval()
     ref.load_state_dict({k: v for k, v in net.state_dict().items() if "sink" not in k})
     with torch.no_grad():
         for b in net.blocks:

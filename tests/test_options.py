@@ -143,7 +143,7 @@ RESIDUAL: dict[str, tuple[dict, dict, bool]] = {
 }
 
 ATTN_PROJ: dict[str, tuple[dict, dict, bool]] = {
-    "attn_value_dim_head": ({"attn_value_dim_head": 8}, {}, True),
+    "attn_value_dim_head": ({"attn_value_dim_head": 8, "rotary_pos_emb": True}, {}, True),
     # x-transformers' memory values keep the query head size, so it fails on this combination
     "value_dim_head_gqa_memkv_zerokv": ({"heads": 4, "attn_kv_heads": 2, "attn_value_dim_head": 24, "attn_num_mem_kv": 2,
                                          "attn_add_zero_kv": True, "add_value_residual": True}, {}, False),
@@ -162,7 +162,7 @@ ATTN_PROJ: dict[str, tuple[dict, dict, bool]] = {
                                     "attn_output_gate_headwise": True, "attn_swiglu_values": True,
                                     "heads": 4, "attn_kv_heads": 2}, {}, True),
     "attn_gate_value_heads": ({"attn_gate_value_heads": True}, {}, True),
-    "attn_head_learned_sink": ({"attn_head_learned_sink": True}, {}, True),
+    "attn_head_learned_sink": ({"attn_head_learned_sink": True, "rotary_pos_emb": True}, {}, True),
     "sink_gqa_memkv_zerokv_alibi": ({"attn_head_learned_sink": True, "heads": 4, "attn_kv_heads": 2,
                                      "attn_num_mem_kv": 2, "attn_add_zero_kv": True, "alibi_pos_bias": True}, {}, True),
     "sink_memory_tokens_window": ({"attn_head_learned_sink": True, "rotary_pos_emb": True, "attn_max_attend_past": 3},
