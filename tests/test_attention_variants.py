@@ -35,6 +35,13 @@ def _context(net, T):
     return make_context(net, slots, slots, None, None, None)
 
 
+def test_output_proj_depth_draws_the_olmo_std():
+    net = wrapper(dim=64, attn_output_proj_depth=3)
+    net.init_weights(torch.Generator().manual_seed(0))
+    w = net.blocks[1].attn.out.weight  # (64, 32): fan_in = heads x head size = 32
+    assert abs(w.std().item() - (2 * 32 * 3) ** -0.5) < 0.01
+
+
 def test_gates_start_where_their_papers_start():
     net = wrapper(attn_gate_values=True, attn_gate_values_rank=4, attn_output_gate=True, attn_gate_value_heads=True,
                   attn_head_learned_sink=True)
@@ -108,7 +115,6 @@ def test_orthogonal_values_match_x_transformers_for_one_token():
 @pytest.mark.parametrize("kwargs, match", [
     ({"attn_dim_out": 16}, "attn_dim_out=16 is refused"),
     ({"attn_heads": 2}, "attn_heads.* is refused"),
-    ({"attn_output_proj_depth": 2}, "attn_output_proj_depth.* is refused"),
 ])
 def test_refused_keywords_say_why(kwargs, match):
     with pytest.raises(TypeError, match=match):
@@ -119,6 +125,7 @@ def test_refused_keywords_say_why(kwargs, match):
     ({"attn_project_out": False, "dim": 32, "heads": 2, "dim_head": 8}, "attn_project_out=false needs"),
     ({"attn_project_out": False, "attn_on_attn": True, "dim": 32, "heads": 2}, "attention on attention"),
     ({"attn_gate_values_rank": 4}, "attn_gate_values_rank needs model.attn_gate_values"),
+    ({"attn_zero_init_output": True, "attn_output_proj_depth": 2}, "choose one"),
     ({"attn_output_gate": True, "attn_output_gate_rank": 4, "attn_output_gate_headwise": True}, "exclusive"),
     ({"attn_swiglu_values": True}, "attn_swiglu_values needs"),
     ({"attn_low_rank_silu_gates": False}, "needs a low-rank gate"),

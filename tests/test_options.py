@@ -149,6 +149,8 @@ ATTN_PROJ: dict[str, tuple[dict, dict, bool]] = {
                                          "attn_add_zero_kv": True, "add_value_residual": True}, {}, False),
     "attn_zero_init_output": ({"attn_zero_init_output": True}, {}, True),
     "attn_sublayer_dropout": ({"attn_sublayer_dropout": 0.1}, {}, True),
+    # an init only; x-transformers' Decoder passes its own output_proj_depth, so the keyword fails there
+    "attn_output_proj_depth": ({"attn_output_proj_depth": 2}, {}, False),
     "attn_project_out_false": ({"attn_project_out": False}, {}, True),
     "attn_project_out_one_head": ({"heads": 1, "attn_dim_head": 32, "attn_project_out": True}, {}, True),
     "attn_dim_out": ({"attn_dim_out": 32}, {}, True),

@@ -116,6 +116,7 @@ class ModelConfig:
     attn_value_dim_head: int | None = None  # None: the query/key head size
     attn_project_out: bool | None = None  # False: no output projection (heads * value head size must be dim)
     attn_zero_init_output: bool = False
+    attn_output_proj_depth: int | None = None  # output projection init std (2 * fan_in * depth)^-0.5 (OLMo)
     attn_sublayer_dropout: float = 0.0
     attn_gate_values_rank: int | None = None  # low-rank value gate (None: one linear map)
     attn_gate_values_headwise: bool = False
@@ -457,12 +458,18 @@ class ModelConfig:
 
     def _validate_attention_projections(self) -> None:
         for name in ("attn_value_dim_head", "attn_gate_values_rank", "attn_output_gate_rank", "attn_dim_latent_q",
-                     "attn_dim_latent_kv", "attn_latent_rope_subheads"):
+                     "attn_dim_latent_kv", "attn_latent_rope_subheads", "attn_output_proj_depth"):
             if getattr(self, name) is not None:
                 _positive(self, name)
         if not 0.0 <= self.attn_sublayer_dropout < 1.0:
             raise ConfigError(f"model.attn_sublayer_dropout must be in [0, 1), got {self.attn_sublayer_dropout}")
+        if self.attn_zero_init_output and self.attn_output_proj_depth is not None:
+            raise ConfigError("model.attn_zero_init_output and model.attn_output_proj_depth both set the output "
+                              "projection's init; choose one")
         if self.attn_project_out is False:
+            if self.attn_output_proj_depth is not None or self.attn_zero_init_output:
+                raise ConfigError("model.attn_project_out=false leaves no output projection to initialise "
+                                  "(model.attn_zero_init_output / model.attn_output_proj_depth)")
             if self.attn_on_attn:
                 raise ConfigError("model.attn_project_out=false cannot be combined with model.attn_on_attn "
                                   "(attention on attention is the output projection)")

@@ -96,7 +96,7 @@ class Attention(nn.Module):
         self.on_attn = cfg.attn_on_attn
         self.out = (None if cfg.attn_project_out is False
                     else nn.Linear(cfg.attn_out_in_dim, cfg.dim * (2 if cfg.attn_on_attn else 1), bias=False))
-        self.zero_init_output = cfg.attn_zero_init_output
+        self.zero_init_output, self.out_depth = cfg.attn_zero_init_output, cfg.attn_output_proj_depth
         self.sublayer_dropout = cfg.attn_sublayer_dropout
         self.dropout = cfg.attn_dropout
         self.qk_norm = cfg.qk_norm
@@ -241,9 +241,18 @@ class Attention(nn.Module):
 
     @torch.no_grad()
     def init_option_(self, generator=None) -> None:
-        # a zero output projection: the layer starts as the identity (Bachlechner et al. 2020, ReZero)
-        if self.zero_init_output and self.out is not None:
-            self.out.weight.zero_()
+        """Zero output projection (``attn_zero_init_output``: the branch starts silent, Bachlechner
+        et al. 2020, ReZero), or OLMo's depth-scaled std (2 * fan_in * depth)^-0.5
+        (``attn_output_proj_depth``, Groeneveld et al. 2024)."""
+        w = self.out.weight if self.out is not None else None
+        if w is None:
+            return
+        if self.zero_init_output:
+            w.zero_()
+        elif self.out_depth is not None:
+            std = (2 * self.out.in_features * self.out_depth) ** -0.5
+            # drawn in logical order, as init_weights does (storage may be transposed)
+            w.copy_(torch.empty(w.shape, dtype=w.dtype, device=w.device).normal_(0.0, std, generator=generator))
 
     def _mix_values(self, x, v, ctx: Context, step: int) -> torch.Tensor:
         """The first attention call stores its values; later calls interpolate towards them with a

@@ -126,6 +126,7 @@ _ATTN_PROJ_KWARGS: dict[str, tuple[str | None, Any]] = {
     "attn_dim_out": (None, _int_or_none),
     "attn_project_out": ("attn_project_out", lambda v: None if v is None else bool(v)),
     "attn_zero_init_output": ("attn_zero_init_output", bool),
+    "attn_output_proj_depth": ("attn_output_proj_depth", _int_or_none),
     "attn_sublayer_dropout": ("attn_sublayer_dropout", float),
     "attn_gate_values_rank": ("attn_gate_values_rank", _int_or_none),
     "attn_gate_values_headwise": ("attn_gate_values_headwise", bool),
@@ -223,8 +224,6 @@ REFUSED: dict[str, str] = {
     "dim_pooled_tokens": "it configures attn_pool, which is refused",
     "attn_heads": "x-transformers' Decoder passes its own heads= to every attention layer, so attn_heads "
                   "collides with it there (TypeError); set heads= instead",
-    "attn_output_proj_depth": "x-transformers' Decoder sets each attention layer's output_proj_depth itself, so "
-                              "attn_output_proj_depth collides with it there (TypeError)",
 }
 
 _ANY = object()
