@@ -139,6 +139,10 @@ RESIDUAL: dict[str, tuple[dict, dict, bool]] = {
                           "macaron": True}, {"num_memory_tokens": 2}, False),
     "mv_split_post_norm_execute_order": ({"mv_split_residual": True, "pre_norm": False,
                                           "layers_execute_order": (0, 1, 2, 3, 2, 3)}, {}, False),
+    "only_attn_weight_tie": ({"only_attn": True, "weight_tie_layers": True, "depth": 3}, {}, True),
+    "orthog_residual_post_norm": ({"orthog_residual": True, "pre_norm": False, "shift_tokens": 1}, {}, False),
+    "reinject_gate_residual_execute_order": ({"reinject_input": True, "gate_residual": True,
+                                              "layers_execute_order": (0, 1, 0, 1, 2, 3)}, {}, True),
     # (residual and layer structure: new options go here)
 }
 
