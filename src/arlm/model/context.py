@@ -70,12 +70,16 @@ class Context:
         i = self.steps[step].kv_layer
         return self.cache.k[i], self.cache.v[i]
 
+    def _branch(self, step: int, kind: str) -> int:
+        """The number of this branch run among all branch runs (its per-branch cache state)."""
+        return self.steps[step].attn_shift if kind == "attn" else self.steps[step].ff_shift
+
     def shift_buffer(self, step: int, kind: str) -> torch.Tensor:
-        return self.cache.shift[self.steps[step].attn_shift if kind == "attn" else self.steps[step].ff_shift]
+        return self.cache.shift[self._branch(step, kind)]
 
     def running_buffer(self, step: int, kind: str) -> torch.Tensor:
-        """The running sums of a branch (mv_split_residual), numbered as the shift buffers."""
-        return self.cache.running[self.steps[step].attn_shift if kind == "attn" else self.steps[step].ff_shift]
+        """The running sums of a branch (mv_split_residual)."""
+        return self.cache.running[self._branch(step, kind)]
 
 
 def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -> Context:
