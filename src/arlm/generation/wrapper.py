@@ -78,6 +78,7 @@ class AutoregressiveWrapper(nn.Module):
             kw["key_mask"] = key_mask
         out = self.net(inp, **kw)
         logits, z_loss = out if z else (out, None)
+        z_loss = getattr(z_loss, "attn_z_loss", z_loss)  # a TransformerWrapper returns x-transformers' intermediates
         loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=self.ignore_index)
         if z_loss is not None:
             loss = loss + z_loss

@@ -6,6 +6,8 @@ Dims: B batch, H heads, T query time, S key time (cache slots plus memory/zero k
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -53,10 +55,25 @@ def explicit_attention(q, k, v, *, scale: float, visible: torch.Tensor, bias: to
     return torch.matmul(p, v), scores
 
 
-def attention_lse(q, k, *, scale: float, scores: torch.Tensor | None, mask, visible, causal: bool) -> torch.Tensor:
-    """log-sum-exp over the visible keys of each query's attention logits, (B, H, T), for the
-    attention z-loss. Uses the explicit path's ``scores`` when given, else recomputes them (only
-    when the z-loss is asked for: the fused kernel never exposes its logits)."""
+class AttnRecord(NamedTuple):
+    """What one attention call saw, kept when a caller asks for attention intermediates (references,
+    no copies): q (B, H, T, D), k (B, K, S, D) before expanding K heads to H, the explicit path's
+    pre-mask ``scores`` (or None), and the masking the kernel used."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    scores: torch.Tensor | None
+    mask: torch.Tensor | None
+    visible: torch.Tensor | None
+    causal: bool
+    scale: float
+    topk: int | None
+
+
+def attention_logits(q, k, *, scale: float, scores: torch.Tensor | None, mask, visible, causal: bool) -> torch.Tensor:
+    """Each query's attention logits (B, H, T, S) in fp32, -inf where the key is hidden. Uses the
+    explicit path's ``scores`` when given, else recomputes them (the fused kernel never exposes
+    its logits, so this costs a (T, S) matmul per layer, only when asked for)."""
     if scores is None:
         scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # (B, H, T, S)
         if mask is not None and mask.dtype != torch.bool:
@@ -67,4 +84,10 @@ def attention_lse(q, k, *, scale: float, scores: torch.Tensor | None, mask, visi
     if visible is None:  # fused causal path: query t sees keys <= t
         T, S = scores.shape[-2:]
         visible = torch.ones(T, S, dtype=torch.bool, device=scores.device).tril(S - T)
-    return scores.float().masked_fill(~visible, float("-inf")).logsumexp(dim=-1)
+    return scores.float().masked_fill(~visible, float("-inf"))
+
+
+def attention_lse(q, k, *, scale: float, scores: torch.Tensor | None, mask, visible, causal: bool) -> torch.Tensor:
+    """log-sum-exp over the visible keys of each query's attention logits, (B, H, T), for the
+    attention z-loss."""
+    return attention_logits(q, k, scale=scale, scores=scores, mask=mask, visible=visible, causal=causal).logsumexp(dim=-1)

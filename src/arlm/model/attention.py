@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .attend import attention_lse, explicit_attention, fused_attention
+from .attend import AttnRecord, attention_lse, explicit_attention, fused_attention
 from .attention_variants import HeadGate, LatentQKV, LearnedSink, gate_attended, gate_projection, orthogonal_values
 from .calls import call
 from .context import Context
@@ -197,6 +197,7 @@ class Attention(nn.Module):
             pk, pv = self._prefix_kv(B, k.dtype)
             k, v = torch.cat((pk, k), dim=2), torch.cat((pv, v), dim=2)  # (B, K, P + T, D)
         S = k.shape[2]
+        k_kv = k  # (B, K, S, D): recorded unexpanded when attention maps are asked for
         if K != H:
             # expand K heads to H, query head h reading KV head h % K (x-transformers' layout, so
             # per-head weights and ALiBi slopes line up after conversion; Llama groups h // (H/K))
@@ -218,6 +219,10 @@ class Attention(nn.Module):
                 ctx.scores[step] = scores
         else:
             y = fused_attention(q, k, v, mask, causal, self.scale, dropout)  # (B, H, T, Dv)
+        if ctx.attn is not None:
+            # (with a learned sink, the keys as extended by it, already one per query head)
+            rk, rmask, rcausal = (k_kv, ctx.mask, ctx.causal) if self.sink is None else (k, mask, causal)
+            ctx.attn.append(AttnRecord(q, rk, scores, rmask, ctx.visible, rcausal, self.scale, self.topk))
         if ctx.z_lse is not None:
             ctx.z_lse.append(attention_lse(q, k, scale=self.scale, scores=scores, mask=mask,
                                            visible=ctx.visible, causal=causal))

@@ -51,7 +51,7 @@ class Context:
     """
 
     __slots__ = ("rope", "slots", "kv_slots", "causal", "mask", "visible", "bias", "pad", "cache", "steps",
-                 "first_attn_step", "scores", "values", "z_lse", "kv_end", "slot0", "inject")
+                 "first_attn_step", "scores", "values", "z_lse", "kv_end", "slot0", "inject", "attn")
 
     def __init__(self, steps, first_attn_step: int, rope=None, slots=None, kv_slots=None, pad=None, cache=None):
         self.steps, self.first_attn_step = steps, first_attn_step
@@ -63,6 +63,7 @@ class Context:
         self.kv_end: int | None = None  # read cache slots [0, kv_end) only (None: all of them)
         self.slot0: int | None = None  # the rows are cache slots slot0.. (write by slicing, not index_copy)
         self.inject: torch.Tensor | None = None  # reinject_input: added to every branch input (B, T, C)
+        self.attn: list | None = None  # per attention call, an AttnRecord (attention maps were asked for)
 
     def kv(self, step: int):
         if self.cache is None:
@@ -102,7 +103,7 @@ def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -
         S = M + kv_len  # read only the slots in use
         ctx.kv_end = P + S
         T = slots.shape[0]
-        if not (model.needs_mask or start is not None) and (T == 1 or T == S):
+        if not (model.needs_mask or start is not None or key_mask is not None) and (T == 1 or T == S):
             # one new token sees every slot in use; a prefill from slot 0 is plain causal
             ctx.causal = T > 1
             return ctx
@@ -114,9 +115,8 @@ def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -
         real = (kslots[None, :] >= start[:, None] + M) | (kslots[None, :] < M)  # (B, S)
         visible = (visible & real[:, None, :]) | (kslots[None, :] == slots[:, None])[None]  # (B, T, S)
     if key_mask is not None:
-        km = key_mask.bool()
-        if M:
-            km = torch.cat((km.new_ones(km.shape[0], M), km), dim=1)
+        # (B, n) over caller slots 0..n-1 (uncached: the rows); memory and later slots stay visible
+        km = F.pad(key_mask.bool(), (M, S - M - key_mask.shape[1]), value=True)  # (B, S)
         visible = visible & (km[:, None, :] | (kslots[None, :] == slots[:, None])[None])
     dist = None
     if model.pos_bias is not None or model.cfg.max_attend_past is not None:

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
+from .facade_forward import check_keywords, is_native, xt_forward
 from .feedforward import activation_name
+from .intermediates import LayerIntermediates, qk_clip_
 from .transformer import Transformer
 
 
@@ -188,6 +190,7 @@ _WRAPPER_KWARGS: dict[str, tuple[str | None, Any]] = {
     "l2norm_embed": ("l2norm_embed", bool),
     "post_emb_norm": ("post_emb_norm", bool),
     "num_memory_tokens": ("num_memory_tokens", lambda v: int(v or 0)),
+    "input_not_include_cache": (None, bool),  # forward-time default, read by facade_forward
 }
 
 # x-transformers options refused on purpose: each breaks causality or cannot be reproduced
@@ -495,14 +498,20 @@ class TransformerWrapper(Transformer):
         cfg = ModelConfig(vocab_size=int(num_tokens), max_seq_len=int(max_seq_len), **fields)
         super().__init__(cfg)
         self.attn_layers = attn_layers
+        self.input_not_include_cache = bool(kwargs.get("input_not_include_cache", False))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, return_embeddings: bool = False,
-                **kwargs) -> torch.Tensor:
-        if mask is None:
-            return super().forward(x, return_embeddings=return_embeddings, **kwargs)
-        mask = mask.bool()
-        start = (~mask).sum(dim=1)  # number of leading pads per row
-        expected = torch.arange(x.shape[1], device=x.device)[None, :] >= start[:, None]
-        if not torch.equal(mask, expected):
-            raise ValueError("mask must be a left-padding mask: False only before the first True of each row")
-        return super().forward(x, start=start, return_embeddings=return_embeddings, **kwargs)
+    def forward(self, x: torch.Tensor | None = None, *args, **kwargs):
+        """x-transformers' forward (model/facade_forward.py): ``mask``, ``pos``, ``prepend_embeds``,
+        ``sum_embeds``, ``seq_start_pos``, ``cache`` / ``return_intermediates`` for step-by-step
+        decoding, the ``return_*`` flags. arlm's own keywords (``input_pos``, a ``KVCache``,
+        ``start``, ...) go straight to ``Transformer.forward``."""
+        if is_native(args, kwargs):
+            return super().forward(x, **kwargs)
+        if args:
+            raise TypeError("TransformerWrapper.forward() takes the token ids positionally and everything else "
+                            "by keyword")
+        return xt_forward(self, x, **check_keywords(kwargs))
+
+    def attn_qk_clip_(self, intermediates: LayerIntermediates, tau: float = 100.0) -> None:
+        """QK-clip (Kimi K2's MuonClip) from a forward's intermediates; see ``intermediates.qk_clip_``."""
+        qk_clip_(self, intermediates, tau)

@@ -196,7 +196,10 @@ class Transformer(nn.Module):
                 cache: KVCache | None = None, start: torch.Tensor | None = None,
                 key_mask: torch.Tensor | None = None, return_embeddings: bool = False,
                 return_attn_z_loss: bool = False, attn_z_loss_weight: float = 1e-4,
-                targets: torch.Tensor | None = None, loss_chunk: int | None = None, ignore_index: int = -100):
+                targets: torch.Tensor | None = None, loss_chunk: int | None = None, ignore_index: int = -100, *,
+                pos: torch.Tensor | None = None, embed_pos: torch.Tensor | None = None,
+                sum_embeds: torch.Tensor | None = None, prepend_embeds: torch.Tensor | None = None,
+                attn_record: list | None = None):
         """ids (B, T) -> logits (B, T, V), or final embeddings (B, T, C), or with ``targets``
         the mean next-token cross-entropy (see ``loss``).
 
@@ -216,28 +219,39 @@ class Transformer(nn.Module):
         targets: (B, T) token ids to score the outputs against (``ignore_index`` rows skipped);
         the output is then the fp32 mean loss, computed in chunks of ``loss_chunk`` rows without
         the full logits (None: chunked only for vocabularies of 8192 and more; 0: never).
+        With a cache, key_mask (B, n) covers cache slots 0..n-1 (n >= the last new slot + 1).
+        Keyword-only inputs of the x-transformers facade (model/facade_forward.py):
+        prepend_embeds (B, P, C): rows in front of the tokens' rows (after the embedding, before
+        dropout; ``input_pos`` then covers P + T rows). pos (R,) | (B, R): positions of the rows
+        (rotary, position bias) instead of the slots' own; embed_pos: positions of the ids for the
+        absolute embedding (default: their rows' positions). sum_embeds (B, T, C): added to the
+        token embeddings before the post-embedding norm. attn_record: a list that receives an
+        ``AttnRecord`` per attention call (attention maps, QK-clip).
         """
         B, T = ids.shape
         if cache is not None and input_pos is None:
             raise ValueError("cached forward needs input_pos (the cache slots of these tokens)")
-        if key_mask is not None and cache is not None:
-            raise ValueError("key_mask is for uncached forwards only")
+        extras = not (pos is None and embed_pos is None and sum_embeds is None and prepend_embeds is None)
+        R = T + (prepend_embeds.shape[1] if prepend_embeds is not None else 0)  # rows
         kv_len = None
         if isinstance(input_pos, int):
             if cache is None:
                 raise ValueError("an int input_pos is for cached forwards; leave it None without a cache")
-            if input_pos < 0 or input_pos + T > cache.max_len:
-                raise ValueError(f"slots {input_pos}..{input_pos + T - 1} are outside the cache's {cache.max_len} slots")
-            kv_len = input_pos + T
-            if self._lean_decode and start is None and (T == 1 or input_pos == 0):
+            if input_pos < 0 or input_pos + R > cache.max_len:
+                raise ValueError(f"slots {input_pos}..{input_pos + R - 1} are outside the cache's {cache.max_len} slots")
+            kv_len = input_pos + R
+            if (self._lean_decode and start is None and key_mask is None and not extras
+                    and (T == 1 or input_pos == 0)):
                 return self._lean_forward(ids, input_pos, cache, return_embeddings, return_attn_z_loss,
-                                          attn_z_loss_weight, targets, loss_chunk, ignore_index)
+                                          attn_z_loss_weight, targets, loss_chunk, ignore_index, attn_record)
             input_pos = torch.arange(input_pos, kv_len, device=ids.device)
         if input_pos is None:
-            input_pos = torch.arange(T, device=ids.device)
-        positions = input_pos if start is None else (input_pos[None, :] - start[:, None]).clamp(min=0)  # (T,) | (B, T)
+            input_pos = torch.arange(R, device=ids.device)
+        positions = input_pos if start is None else (input_pos[None, :] - start[:, None]).clamp(min=0)  # (R,) | (B, R)
+        if pos is not None:
+            positions = pos
 
-        x = self._embed(ids, positions)
+        x = self._embed(ids, positions[..., R - T:] if embed_pos is None else embed_pos, sum_embeds, prepend_embeds)
         M = self.num_memory_tokens
         slots = input_pos
         if M:
@@ -247,14 +261,14 @@ class Transformer(nn.Module):
             positions = (torch.cat((mem, positions + M)) if positions.dim() == 1
                          else torch.cat((mem[None].expand(B, -1), positions + M), dim=1))
         ctx = make_context(self, slots, positions, start, cache, key_mask, kv_len)
-        x = self._blocks(x, ctx, return_attn_z_loss)
+        x = self._blocks(x, ctx, return_attn_z_loss, attn_record)
         if M:
             x = x[:, M:]
         return self._finish(x, ctx, return_embeddings, return_attn_z_loss, attn_z_loss_weight, targets, loss_chunk,
                             ignore_index)
 
     def _lean_forward(self, ids, p: int, cache: KVCache, return_embeddings: bool, return_attn_z_loss: bool,
-                      attn_z_loss_weight: float, targets, loss_chunk, ignore_index):
+                      attn_z_loss_weight: float, targets, loss_chunk, ignore_index, attn_record=None):
         """The eager cached step without index tensors: tokens at slots p..p+T-1 of every row
         (T == 1, or a prefill from slot 0), no memory tokens, no mask-needing option."""
         T = ids.shape[1]
@@ -263,28 +277,34 @@ class Transformer(nn.Module):
         rope = qk_pos.table_range(p, T) if qk_pos is not None else None
         ctx = Context(self._steps, self._first_attn_step, rope=rope, cache=cache)
         ctx.slot0, ctx.kv_end, ctx.causal = p, p + T, T > 1
-        x = self._blocks(x, ctx, return_attn_z_loss)
+        x = self._blocks(x, ctx, return_attn_z_loss, attn_record)
         return self._finish(x, ctx, return_embeddings, return_attn_z_loss, attn_z_loss_weight, targets, loss_chunk,
                             ignore_index)
 
-    def _embed(self, ids, positions):
+    def _embed(self, ids, positions, sum_embeds=None, prepend_embeds=None):
         """ids (B, T) -> (B, T, C): token embedding, absolute positions (when the model has them),
-        the optional post-embedding norm and dropout."""
+        the optional post-embedding norm and dropout (with the facade's extra embeddings added
+        before the norm, and its prepended rows (B, P, C) put in front after it)."""
         x = self.token_emb(ids)
         if self.cfg.l2norm_embed:
             # l2-normalised embeddings (Nguyen & Chiang 2018, FixNorm), paired with a tiny init
             x = F.normalize(x, dim=-1)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
+        if sum_embeds is not None:
+            x = x + sum_embeds.to(x.dtype)
         if self.post_emb_norm is not None:
             x = self.post_emb_norm(x)
+        if prepend_embeds is not None:
+            x = torch.cat((prepend_embeds.to(x.dtype), x), dim=1)  # (B, P + T, C)
         if self.cfg.emb_dropout and self.training:
             x = self.emb_dropout(x)
         return x
 
-    def _blocks(self, x, ctx: Context, return_attn_z_loss: bool):
+    def _blocks(self, x, ctx: Context, return_attn_z_loss: bool, attn_record: list | None = None):
         if return_attn_z_loss:
             ctx.z_lse = []
+        ctx.attn = attn_record
         blocks = list(self.blocks)  # plain list indexing: ModuleList.__getitem__ costs a few us per call
         if self.reinject is not None:
             ctx.inject = self.reinject(x)
