@@ -111,8 +111,13 @@ def test_left_padding_mask_in_wrapper_matches_solo():
     with torch.no_grad():
         out = net(x, mask=mask)
         torch.testing.assert_close(out[0, 4:], net(short[None])[0], atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match="left-padding"):
-        net(x, mask=torch.stack((torch.arange(9) < 4, torch.ones(9, dtype=torch.bool))))
+    # right padding (x-transformers' meaning: False hides keys) is exact too: real rows never see later keys
+    right = torch.stack((torch.cat((short, torch.zeros(4, dtype=torch.long))), long_))
+    with torch.no_grad():
+        out = net(right, mask=torch.stack((torch.arange(9) < 5, torch.ones(9, dtype=torch.bool))))
+        torch.testing.assert_close(out[0, :5], net(short[None])[0], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="mask must be"):
+        net(x, mask=mask[:, 1:])
 
 
 def test_overfits_one_batch_then_greedy_decoding_reproduces_it():
@@ -344,7 +349,7 @@ def test_attn_z_loss_is_added_in_training_only():
     plain = AutoregressiveWrapper(net)
     zl = AutoregressiveWrapper(net, add_attn_z_loss=True, attn_z_loss_weight=1e-2)
     seq = torch.randint(0, 32, (2, 17))
-    _, z = net(seq[:, :-1], return_attn_z_loss=True, attn_z_loss_weight=1e-2)
+    z = net(seq[:, :-1], return_attn_z_loss=True, attn_z_loss_weight=1e-2)[1].attn_z_loss  # x-transformers' return
     torch.testing.assert_close(zl(seq), plain(seq) + z)
     zl.eval(), plain.eval()
     torch.testing.assert_close(zl(seq), plain(seq))  # evaluation reports the language-model loss alone

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from .attention import KVCache
 from .intermediates import LayerIntermediates, new_storage
 from .transformer import Transformer
 
@@ -40,7 +41,7 @@ INERT_EMPTY = ("token_emb_kwargs", "to_logits_kwargs")
 
 def is_native(args: tuple, kwargs: dict) -> bool:
     """A call arlm's own code makes (Transformer.forward's keywords, a KVCache or no cache)."""
-    return not args and all(k in NATIVE for k in kwargs) and not isinstance(kwargs.get("cache"), LayerIntermediates)
+    return not args and all(k in NATIVE for k in kwargs) and isinstance(kwargs.get("cache"), (KVCache, type(None)))
 
 
 def check_keywords(kwargs: dict) -> dict:
