@@ -78,7 +78,8 @@ def generate(args: argparse.Namespace) -> int:
     if args.beams is not None:
         with torch.no_grad():
             beams = wrapper.beam_search(prompt, args.max_new_tokens, beams=args.beams,
-                                        length_penalty=args.length_penalty, return_beams_and_scores=True)
+                                        length_penalty=args.length_penalty, return_beams_and_scores=True,
+                                        beams_first=False)
         seqs, scores = beams
         for i in range(min(args.num_samples, args.beams)):
             if i:

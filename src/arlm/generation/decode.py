@@ -117,11 +117,17 @@ class Stepper:
     ``logits(hist, total)`` returns next-token logits (B, V) after the first ``total`` tokens,
     feeding the model only what its cache lacks. ``rewind(n)`` forgets cached tokens past n
     (speculative decoding): slots past the cursor are masked, so nothing needs clearing.
+    ``prepend`` (B, P, C): embeddings in front of every window (x-transformers' prepend_embeds);
+    they take the first P cache slots, tokens keep absolute positions counted from 0.
     """
 
-    def __init__(self, model, batch: int, start: torch.Tensor | None, cache_kv: bool = True, compile: bool = False):
+    def __init__(self, model, batch: int, start: torch.Tensor | None, cache_kv: bool = True, compile: bool = False,
+                 prepend: torch.Tensor | None = None):
         self.model, self.start, self.cache_kv = model, start, cache_kv
-        self.S = model.cfg.max_seq_len
+        self.prepend, self.P = prepend, 0 if prepend is None else prepend.shape[1]
+        if prepend is not None and (start is not None or compile):
+            raise ValueError("prepend_embeds cannot be combined with left-padded prompts or compile=True")
+        self.S = model.cfg.max_seq_len - self.P  # tokens per window
         self.step_fn, self.compiled = model, compile
         if compile:
             if not cache_kv:
@@ -144,7 +150,8 @@ class Stepper:
             if all_positions:
                 raise ValueError("logits at every fed position need the KV cache (cache_kv=True)")
             off = max(0, total - self.S)
-            return self._run(hist[:, off:total], start=self._start(off))[:, -1]
+            return self._run(hist[:, off:total], input_pos=None, start=self._start(off),
+                             **self._prepended(0, total - off))[:, -1]
         if total - self.offset > self.S:  # slide: re-prefill the last S // 2 tokens
             self.offset = total - max(1, self.S // 2)
             self.seen = self.offset
@@ -155,10 +162,24 @@ class Stepper:
             pos = torch.arange(self.seen - self.offset, total - self.offset, device=dev)
             out = self.step_fn(ids.clone(memory_format=torch.contiguous_format), input_pos=pos, cache=self.cache,
                                start=start)
+        elif self.prepend is not None:  # the window's first call writes the prepended rows too
+            first = self.seen == self.offset
+            out = self._run(ids, input_pos=0 if first else self.P + self.seen - self.offset, cache=self.cache,
+                            **self._prepended(self.seen - self.offset, total - self.offset, first))
         else:  # eager: an int slot, so attention reads only the slots in use
             out = self._run(ids, input_pos=self.seen - self.offset, cache=self.cache, start=start)
         self.seen = total
         return out if all_positions else out[:, -1]
+
+    def _prepended(self, a: int, b: int, with_rows: bool = True) -> dict:
+        """Keywords that put the prepended rows in front and give tokens a..b-1 of the window
+        their absolute positions (counted without the prepended rows, as x-transformers)."""
+        if self.prepend is None:
+            return {}
+        kw = {"embed_pos": torch.arange(a, b, device=self.prepend.device)}
+        if with_rows:
+            kw["prepend_embeds"] = self.prepend
+        return kw
 
     def _run(self, *args, **kwargs):
         """Call the model. fp32 on CPU runs with oneDNN off: its exact-GELU path costs ~17 us per
@@ -183,7 +204,8 @@ def stream_tokens(model, ids: torch.Tensor, start: torch.Tensor | None, max_new_
                   eos_token: int | None = None, pad_value: int = 0, cache_kv: bool = True,
                   generator: torch.Generator | None = None, logits_hook: Callable | None = None,
                   repetition_penalty: float = 1.0, presence_penalty: float = 0.0,
-                  frequency_penalty: float = 0.0, compile: bool = False) -> Iterator[torch.Tensor]:
+                  frequency_penalty: float = 0.0, compile: bool = False,
+                  prepend: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), one step at a time.
 
     A row that emits ``eos_token`` is finished: it yields ``pad_value`` from then on. The loop
@@ -199,7 +221,7 @@ def stream_tokens(model, ids: torch.Tensor, start: torch.Tensor | None, max_new_
     hist[:, :T] = ids
     total = T
     finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
-    stepper = Stepper(model, B, start, cache_kv, compile)
+    stepper = Stepper(model, B, start, cache_kv, compile, prepend)
     penalise = repetition_penalty != 1.0 or presence_penalty != 0.0 or frequency_penalty != 0.0
     if penalise:
         V = model.cfg.vocab_size

@@ -17,7 +17,8 @@ from .speculative import speculative_tokens
 
 # keyword-only extras of stream() that generate() forwards
 _STREAM_EXTRAS = ("truncate_prompt", "amateur_model", "contrastive_decode_kwargs", "draft_model", "num_draft_tokens",
-                  "repetition_penalty", "presence_penalty", "frequency_penalty", "num_samples", "compile")
+                  "repetition_penalty", "presence_penalty", "frequency_penalty", "num_samples", "compile",
+                  "prepend_embeds")
 
 
 def _reject_unknown(where: str, kwargs: dict, supported, prefix: str = "") -> None:
@@ -57,10 +58,17 @@ class AutoregressiveWrapper(nn.Module):
         self.attn_z_loss_weight = attn_z_loss_weight
         self.last_stats: dict = {}  # e.g. speculative acceptance rate of the last generate()
 
-    def forward(self, x: torch.Tensor, return_outputs: bool = False):
-        """Mean next-token cross-entropy of x (B, T+1); with ``return_outputs`` also the logits."""
+    def forward(self, x: torch.Tensor, return_outputs: bool = False, prepend_embeds: torch.Tensor | None = None,
+                lens: torch.Tensor | None = None, **kwargs):
+        """Mean next-token cross-entropy of x (B, T+1); with ``return_outputs`` also the logits.
+
+        As x-transformers: ``prepend_embeds`` (B, P, C) go in front of the tokens (their rows
+        are not scored), ``lens`` (B,) marks each row's real length (later targets ignored), other
+        keywords go to the network's forward."""
         if x.dim() != 2 or x.shape[1] < 2:
             raise ValueError(f"expected token ids of shape (B, T+1) with T >= 1, got {tuple(x.shape)}")
+        if lens is not None:
+            x = x.masked_fill(torch.arange(x.shape[1], device=x.device)[None] >= lens[:, None], self.ignore_index)
         inp, target = x[:, :-1], x[:, 1:]
         inp = inp.masked_fill(inp == self.ignore_index, self.pad_value)
         check_token_ids(inp, self.net.cfg.vocab_size, "input")
@@ -76,9 +84,13 @@ class AutoregressiveWrapper(nn.Module):
         kw = dict(return_attn_z_loss=True, attn_z_loss_weight=self.attn_z_loss_weight) if z else {}
         if key_mask is not None:
             kw["key_mask"] = key_mask
-        out = self.net(inp, **kw)
+        if prepend_embeds is not None:
+            kw["prepend_embeds"] = prepend_embeds
+        out = self.net(inp, **kw, **kwargs)
         logits, z_loss = out if z else (out, None)
         z_loss = getattr(z_loss, "attn_z_loss", z_loss)  # a TransformerWrapper returns x-transformers' intermediates
+        if prepend_embeds is not None:
+            logits = logits[:, prepend_embeds.shape[1]:]
         loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=self.ignore_index)
         if z_loss is not None:
             loss = loss + z_loss
@@ -123,7 +135,8 @@ class AutoregressiveWrapper(nn.Module):
                truncate_prompt: bool = False, amateur_model: nn.Module | None = None,
                contrastive_decode_kwargs: dict | None = None, draft_model: nn.Module | None = None,
                num_draft_tokens: int = 4, repetition_penalty: float = 1.0, presence_penalty: float = 0.0,
-               frequency_penalty: float = 0.0, num_samples: int = 1, compile: bool = False) -> Iterator[torch.Tensor]:
+               frequency_penalty: float = 0.0, num_samples: int = 1, compile: bool = False,
+               prepend_embeds: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
         """Like ``generate`` but yields each step's tokens (B,) as they are produced."""
         check_sampling(temperature, seq_len)
         check_penalties(repetition_penalty, presence_penalty, frequency_penalty)
@@ -132,9 +145,17 @@ class AutoregressiveWrapper(nn.Module):
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
         ids, start = self._prepare(prompts, prompt_lens, truncate_prompt)
+        if prepend_embeds is not None:
+            if amateur_model is not None or draft_model is not None:
+                raise ValueError("prepend_embeds work with plain sampling, not contrastive or speculative decoding")
+            if prepend_embeds.dim() != 3 or prepend_embeds.shape[0] != ids.shape[0]:
+                raise ValueError(f"prepend_embeds must be (B, P, dim) with B = {ids.shape[0]} prompts, "
+                                 f"got {tuple(prepend_embeds.shape)}")
         if num_samples > 1:
             ids = ids.repeat_interleave(num_samples, dim=0)
             start = None if start is None else start.repeat_interleave(num_samples)
+            if prepend_embeds is not None:
+                prepend_embeds = prepend_embeds.repeat_interleave(num_samples, dim=0)
         if not restrict_to_max_seq_len and ids.shape[1] + seq_len > self.max_seq_len:
             raise ValueError(f"prompt + seq_len = {ids.shape[1] + seq_len} exceeds max_seq_len={self.max_seq_len} "
                              "and restrict_to_max_seq_len=False; allow the sliding window or ask for fewer tokens")
@@ -165,7 +186,7 @@ class AutoregressiveWrapper(nn.Module):
                                      filter_kwargs=filter_kwargs, eos_token=eos_token, pad_value=self.pad_value,
                                      cache_kv=cache_kv, generator=generator, logits_hook=hook,
                                      repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
-                                     frequency_penalty=frequency_penalty, compile=compile)
+                                     frequency_penalty=frequency_penalty, compile=compile, prepend=prepend_embeds)
         finally:
             for m, t in zip((self.net, *models), was_training):
                 m.train(t)
@@ -212,10 +233,12 @@ class AutoregressiveWrapper(nn.Module):
     def beam_search(self, prompts, seq_len: int, beams: int = 4, return_beams_and_scores: bool = False,
                     eos_token: int | None = None, length_penalty: float = 1.0, stochastic: bool = False,
                     temperature: float = 1.0, prompt_lens: torch.Tensor | None = None, cache_kv: bool = True,
-                    generator: torch.Generator | None = None, truncate_prompt: bool = False):
+                    generator: torch.Generator | None = None, truncate_prompt: bool = False, beams_first: bool = True):
         """Beam search over ``beams`` hypotheses per prompt; returns the best new tokens (B, seq_len)
-        padded with ``pad_value`` after EOS, or with ``return_beams_and_scores`` all beams
-        (B, beams, seq_len), best first, and their length-normalised log-probabilities (B, beams).
+        padded with ``pad_value`` after EOS, or with ``return_beams_and_scores`` all beams, best
+        first, and their length-normalised log-probabilities: (beams, B, seq_len) and (beams, B) as
+        x-transformers, or (B, beams, seq_len) and (B, beams) with ``beams_first=False`` (a 1-D
+        prompt gives (beams, seq_len) and (beams,) either way).
         Finished hypotheses (EOS) are kept and ranked by logp / length ** length_penalty;
         ``beams=1`` equals greedy decoding. ``stochastic`` samples beams (Gumbel top-k)."""
         check_sampling(temperature, seq_len)
@@ -236,6 +259,8 @@ class AutoregressiveWrapper(nn.Module):
         finally:
             self.net.train(was_training)
         if return_beams_and_scores:
-            return (seqs[0], scores[0]) if was_1d else (seqs, scores)
+            if was_1d:
+                return seqs[0], scores[0]
+            return (seqs.transpose(0, 1), scores.t()) if beams_first else (seqs, scores)
         best = seqs[:, 0]
         return best[0] if was_1d else best

@@ -10,6 +10,7 @@ exact under the KV cache are refused with the reason (``REFUSED``).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -462,6 +463,13 @@ class Decoder:
                     per[field] = values
         return per
 
+    def attn_qk_clip_(self, intermediates, tau: float = 100.0) -> None:
+        """QK-clip on the model built from this spec, as x-transformers' ``net.attn_layers.attn_qk_clip_``."""
+        model = self._model() if getattr(self, "_model", None) is not None else None
+        if model is None:
+            raise ValueError("this Decoder is not part of a TransformerWrapper")
+        qk_clip_(model, intermediates, tau)
+
     def __repr__(self) -> str:
         args = ", ".join([f"dim={self.dim}", f"depth={self.depth}"] + [f"{k}={v!r}" for k, v in self.kwargs.items()])
         return f"Decoder({args})"
@@ -470,9 +478,8 @@ class Decoder:
 class TransformerWrapper(Transformer):
     """x-transformers' ``TransformerWrapper``: token embedding + ``Decoder`` + logits.
 
-    ``forward(x, mask=None, return_embeddings=False)`` returns logits (B, T, num_tokens).
-    ``mask`` (B, T) booleans, True for real tokens, must be a left-padding mask (False only
-    before the first True of each row): the model is causal, so right padding needs no mask.
+    ``forward(x)`` returns logits (B, T, num_tokens); its x-transformers keywords (``mask``,
+    ``seq_start_pos``, ``cache`` / ``return_intermediates``, ...) are in model/facade_forward.py.
     As in x-transformers, rotary and polar embeddings and T5 relative bias turn off the learned
     absolute positions unless the Decoder says ``disable_abs_pos_emb=False``;
     ``scaled_sinu_pos_emb`` swaps them for scaled sinusoids.
@@ -499,6 +506,7 @@ class TransformerWrapper(Transformer):
         super().__init__(cfg)
         self.attn_layers = attn_layers
         self.input_not_include_cache = bool(kwargs.get("input_not_include_cache", False))
+        attn_layers._model = weakref.ref(self)  # the spec's attn_qk_clip_ reaches the weights
 
     def forward(self, x: torch.Tensor | None = None, *args, **kwargs):
         """x-transformers' forward (model/facade_forward.py): ``mask``, ``pos``, ``prepend_embeds``,

@@ -39,9 +39,16 @@ INERT = {"mems": None, "mem_masks": None, "return_mems": False, "detach_mems": T
 INERT_EMPTY = ("token_emb_kwargs", "to_logits_kwargs")
 
 
+# Transformer.forward's keyword-only inputs; names x-transformers shares (pos, ...) mean arlm's
+# only in a call that also names input_pos
+NATIVE_EXTRA = frozenset(("pos", "embed_pos", "sum_embeds", "prepend_embeds", "attn_record"))
+
+
 def is_native(args: tuple, kwargs: dict) -> bool:
     """A call arlm's own code makes (Transformer.forward's keywords, a KVCache or no cache)."""
-    return not args and all(k in NATIVE for k in kwargs) and isinstance(kwargs.get("cache"), (KVCache, type(None)))
+    if args or not isinstance(kwargs.get("cache"), (KVCache, type(None))):
+        return False
+    return all(k in NATIVE or ("input_pos" in kwargs and k in NATIVE_EXTRA) for k in kwargs)
 
 
 def check_keywords(kwargs: dict) -> dict:
