@@ -148,10 +148,12 @@ def qk_clip_(model, intermediates: LayerIntermediates, tau: float = 100.0) -> No
         m = inter.logit_max()
         peak[id(attn)] = (attn, torch.maximum(peak[id(attn)][1], m) if id(attn) in peak else m)
     for attn, m in peak.values():
+        if attn.qkv is None:
+            raise ValueError("QK-clip needs separate query/key projections; latent (multi-latent) attention has none")
         H, K, D = attn.heads, attn.kv_heads, attn.head_dim
         gamma = torch.where(m > tau, tau / m, torch.ones_like(m))  # (H,); heads under tau keep 1
         key = gamma.view(H // K, K).amin(dim=0).sqrt()  # (K,) query head h reads key head h % K
         query = gamma / key.repeat(H // K)  # (H,)
-        w = attn.qkv.weight  # rows: H*D queries, K*D keys, K*D values
+        w = attn.qkv.weight  # rows: H*D queries, K*D keys, then the values
         w[: H * D].mul_(query.repeat_interleave(D)[:, None].to(w.dtype))
         w[H * D:(H + K) * D].mul_(key.repeat_interleave(D)[:, None].to(w.dtype))
