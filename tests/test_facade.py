@@ -10,7 +10,8 @@ from arlm.model.facade import _ANY, INERT, REFUSED
 
 WRAPPER_ONLY = {"memory_tokens_interspersed_every", "recycling", "train_max_recycle_steps", "looped",
                 "max_looped_steps", "average_pool_embed", "use_cls_token", "num_cls_tokens", "attn_pool",
-                "num_pooled_tokens", "attn_pool_depth", "dim_pooled_tokens"}
+                "num_pooled_tokens", "attn_pool_depth", "dim_pooled_tokens", "max_mem_len", "shift_mem_down",
+                "attn_z_loss_weight"}
 
 
 def _build(dec: dict, wrap: dict) -> TransformerWrapper:

@@ -76,3 +76,155 @@ def test_ff_dim_out_other_than_dim_is_refused_with_the_reason():
 def test_ff_options_that_would_be_ignored_are_refused(dec):
     with pytest.raises(ConfigError, match="model.ff_"):
         wrapper(dec)
+
+
+def assert_cached_decoding_equals_full(net, x):
+    """Token-by-token decoding (tensor and int slots) and a left-padded row reproduce the full forward."""
+    net.eval()
+    with torch.no_grad():
+        full = net(x)
+        for slots in (lambda a, b: torch.arange(a, b), lambda a, b: a):
+            cache = net.new_cache(x.shape[0], SEQ)
+            steps = [net(x[:, :1], input_pos=slots(0, 1), cache=cache)]
+            steps += [net(x[:, t:t + 1], input_pos=slots(t, t + 1), cache=cache) for t in range(1, x.shape[1])]
+            torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+        padded = torch.cat((torch.zeros_like(x[:1, :3]), x[:1]), dim=1)
+        out = net(padded, input_pos=torch.arange(padded.shape[1]), cache=net.new_cache(1, SEQ), start=torch.tensor([3]))
+        torch.testing.assert_close(out[:, 3:], full[:1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dec,wrap", [({"rotary_pos_emb": True}, {}), ({}, {"num_memory_tokens": 2}),
+                                      ({"macaron": True, "rotary_pos_emb": True}, {})])
+def test_ff_deep_embed_multipliers_follow_each_token_under_the_cache(dec, wrap):
+    net = wrapper(dec, ff_deep_embed=True, **wrap)
+    with torch.no_grad():
+        net.ff_deep_embed.normal_(1.0, 0.5)
+    x = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(1))
+    assert_cached_decoding_equals_full(net, x)
+    with torch.no_grad():
+        plain = net(x)
+        net.ff_deep_embed.fill_(1.0)
+        assert not torch.allclose(net(x), plain)  # the multipliers act
+
+
+def test_emb_frac_gradient_scales_only_the_embedding_gradient():
+    x = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(1))
+    grads, outs = [], []
+    for frac in (1.0, 0.1):
+        net = wrapper(emb_frac_gradient=frac)
+        out = net(x)
+        out.square().mean().backward()
+        outs.append(out.detach())
+        grads.append((net.token_emb.weight.grad, net.head.weight.grad))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-6, rtol=0)  # the values are untouched
+    torch.testing.assert_close(grads[1][1], grads[0][1], atol=1e-7, rtol=1e-4)
+    torch.testing.assert_close(grads[1][0], grads[0][0] * 0.1, atol=1e-9, rtol=1e-4)
+
+
+def xt_pair(dec: dict, wrap: dict, ours_wrap: dict | None = None):
+    """An x-transformers model with perturbed weights and the arlm model converted from it."""
+    pytest.importorskip("x_transformers")
+    from test_x_transformers_parity import reference
+
+    from arlm.export.x_transformers import convert_state_dict
+
+    ref = reference(dec, wrap, seed=0)
+    ours = wrapper(dec, **(wrap if ours_wrap is None else ours_wrap)).eval()
+    ours.load_state_dict(convert_state_dict(ref.state_dict(), ours))
+    return ref, ours, torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+def test_num_output_heads_give_a_tuple_of_logits_equal_to_x_transformers():
+    ref, ours, x = xt_pair({}, {"num_output_heads": 3, "logits_dim": 7})
+    with torch.no_grad():
+        want, got = ref(x), ours(x)
+    assert isinstance(got, tuple) and len(got) == 3 and got[0].shape == (2, 12, 7)
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=0)
+    with torch.no_grad():  # each head is causal and cache-exact
+        cache = ours.new_cache(2, SEQ)
+        steps = [ours(x[:, t:t + 1], input_pos=t, cache=cache) for t in range(12)]
+    for h in range(3):
+        torch.testing.assert_close(torch.cat([s[h] for s in steps], dim=1), got[h], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="targets="):
+        ours(x, targets=x)
+
+
+def test_return_only_embed_returns_the_final_embeddings_as_x_transformers():
+    ref, ours, x = xt_pair({}, {"return_only_embed": True})
+    assert ours.head is None and not any("head" in k for k in ours.state_dict())
+    with torch.no_grad():
+        want, got = ref(x), ours(x)
+    assert got.shape == (2, 12, 32)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_squeeze_out_last_dim_drops_a_single_logit_dimension():
+    ref, ours, x = xt_pair({}, {"logits_dim": 1, "squeeze_out_last_dim": True})
+    with torch.no_grad():
+        want, got = ref(x), ours(x)
+    assert got.shape == (2, 12)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        cache = ours.new_cache(2, SEQ)
+        steps = torch.cat([ours(x[:, t:t + 1], input_pos=t, cache=cache) for t in range(12)], dim=1)
+    torch.testing.assert_close(steps, got, atol=1e-5, rtol=0)
+
+
+def test_custom_token_emb_and_to_logits_match_x_transformers_and_keep_their_weights():
+    pytest.importorskip("x_transformers")
+    torch.manual_seed(3)
+    emb, head = nn.Embedding(V, 32), nn.Sequential(nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, V))
+    before = {k: v.clone() for k, v in {**emb.state_dict(), **head.state_dict()}.items()}
+    net = wrapper(token_emb=emb, to_logits=head)
+    assert net.token_emb is emb and net.head is head
+    after = {**emb.state_dict(), **head.state_dict()}
+    assert all(torch.equal(before[k], after[k]) for k in before)  # init_weights left them alone
+    import copy
+
+    ref, ours, x = xt_pair({}, {"token_emb": copy.deepcopy(emb), "to_logits": copy.deepcopy(head)},
+                           {"token_emb": copy.deepcopy(emb), "to_logits": copy.deepcopy(head)})
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)
+    assert_cached_decoding_equals_full(ours, x)
+    assert net.cfg.custom_token_emb and net.cfg.custom_to_logits
+
+
+def test_a_config_with_custom_modules_cannot_be_rebuilt_by_arlm_runs():
+    from arlm import RunConfig, Transformer
+
+    net = wrapper(token_emb=nn.Embedding(V, 32))
+    cfg = RunConfig.from_yaml(RunConfig(model=net.cfg).to_yaml()).validate().model
+    with pytest.raises(ConfigError, match="custom token_emb is a Python module"):
+        Transformer(cfg)
+    with pytest.raises(TypeError, match="nn.Module"):
+        wrapper(to_logits=lambda t: t)
+
+
+def test_mixture_of_softmax_outputs_log_probabilities_and_its_loss_reads_them():
+    net = wrapper(mixture_of_softmax=True).eval()
+    x = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logp = net(x)
+        torch.testing.assert_close(logp.exp().sum(-1), torch.ones(2, 9), atol=1e-5, rtol=0)
+        loss = net(x[:, :-1], targets=x[:, 1:])
+    torch.testing.assert_close(loss, -logp[:, :-1].gather(-1, x[:, 1:, None]).mean(), atol=1e-6, rtol=0)
+
+
+def test_add_continuous_pred_head_builds_x_transformers_next_embedding_predictor():
+    net = wrapper(add_continuous_pred_head=True)
+    h = torch.randn(2, 5, 32)
+    assert net.to_next_embed_pred(h).shape == (2, 5, 32)
+    assert {k for k in net.state_dict() if "next_embed" in k} == {"to_next_embed_pred.0.weight",
+                                                                   "to_next_embed_pred.2.weight"}
+
+
+@pytest.mark.parametrize("wrap", [{"tie_embedding": True, "emb_dim": 16}, {"tie_embedding": True, "logits_dim": 5},
+                                  {"tie_embedding": True, "num_output_heads": 2}, {"tie_embedding_scale": 2.0},
+                                  {"mixture_of_softmax": True, "num_output_heads": 2},
+                                  {"return_only_embed": True, "sigsoftmax_logits": True},
+                                  {"tie_embedding": True, "to_logits": nn.Linear(32, V)},
+                                  {"emb_frac_gradient": 0.0}])
+def test_wrapper_options_that_x_transformers_would_ignore_or_break_are_refused(wrap):
+    with pytest.raises(ConfigError, match="model."):
+        wrapper(**wrap)

@@ -216,6 +216,21 @@ FEEDFORWARD: dict[str, tuple[dict, dict, bool]] = {
 }
 
 EMBEDDING: dict[str, tuple[dict, dict, bool]] = {
+    "emb_dim": ({}, {"emb_dim": 16}, True),
+    "emb_dim_norms": ({}, {"emb_dim": 48, "post_emb_norm": True, "l2norm_embed": True}, True),
+    "emb_dim_sinusoidal_memory": ({}, {"emb_dim": 24, "scaled_sinu_pos_emb": True, "num_memory_tokens": 2}, True),
+    "tie_embedding_scale": ({}, {"tie_embedding": True, "tie_embedding_scale": 0.5}, True),
+    "emb_frac_gradient": ({}, {"emb_frac_gradient": 0.1}, True),
+    "logits_dim": ({}, {"logits_dim": V + 3}, True),
+    "sigsoftmax_logits": ({}, {"sigsoftmax_logits": True}, True),
+    "mixture_of_softmax": ({}, {"mixture_of_softmax": True, "mixture_of_softmax_k": 3}, True),
+    "mixture_of_softmax_tied_sigsoftmax": ({}, {"mixture_of_softmax": True, "tie_embedding": True,
+                                                "sigsoftmax_logits": True}, True),
+    "ff_deep_embed": ({"rotary_pos_emb": True}, {"ff_deep_embed": True}, True),
+    "ff_deep_embed_macaron": ({"macaron": True, "sandwich_norm": True}, {"ff_deep_embed": True}, True),
+    # x-transformers cannot combine these (its multipliers miss the memory rows): arlm scales tokens only
+    "ff_deep_embed_memory_tokens": ({"rotary_pos_emb": True}, {"ff_deep_embed": True, "num_memory_tokens": 2}, False),
+    "add_continuous_pred_head": ({}, {"add_continuous_pred_head": True}, True),
     # (embedding and output: new options go here)
 }
 

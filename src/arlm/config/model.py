@@ -156,6 +156,21 @@ class ModelConfig:
     # --- embedding and output ---
     num_memory_tokens: int = 0
     tie_embedding: bool = False
+    tie_embedding_scale: float | None = None  # None: dim ** -0.5, as x-transformers
+    emb_dim: int | None = None  # None: dim; else embeddings of this width and a projection to dim
+    emb_frac_gradient: float = 1.0  # fraction of the gradient reaching the embeddings (CogView, GLM-130B)
+    embed_num_tokens: dict[str, int] | None = None  # extra embedding tables summed with the tokens' (name -> rows)
+    ff_deep_embed: bool = False  # learned per-token, per-layer multiplier on the feed-forward outputs
+    logits_dim: int | None = None  # None: vocab_size
+    num_output_heads: int = 1  # > 1: a tuple of logits, one per head
+    return_only_embed: bool = False  # no logits head: the model returns its final embeddings
+    mixture_of_softmax: bool = False  # log of a mixture of k softmaxes (Yang et al. 2018)
+    mixture_of_softmax_k: int = 4
+    sigsoftmax_logits: bool = False  # logits + log sigmoid(logits) (Kanai et al. 2018)
+    squeeze_out_last_dim: bool = False  # drop a last logits dimension of size 1
+    add_continuous_pred_head: bool = False  # a small MLP head predicting the next position's embedding
+    custom_token_emb: bool = False  # a Python module embeds the tokens: cannot be rebuilt from this config
+    custom_to_logits: bool = False  # a Python module computes the logits: cannot be rebuilt from this config
     # (embedding and output: new options go here)
 
     # --- per-layer values (x-transformers' tuples, e.g. ff_mult=(4, 2)) ---
@@ -202,6 +217,16 @@ class ModelConfig:
     def token_pos_emb(self) -> str:
         """Positions added to the token embeddings: absolute | scaled_sinusoidal | none."""
         return self.pos_emb if self.pos_emb in TOKEN_POS_EMBS else self.abs_pos_emb
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the token (and absolute position) embeddings; projected to dim when different."""
+        return self.emb_dim if self.emb_dim is not None else self.dim
+
+    @property
+    def n_logits(self) -> int:
+        """Width of each logits head (the vocabulary unless logits_dim says otherwise)."""
+        return self.logits_dim if self.logits_dim is not None else self.vocab_size
 
     @property
     def ff_inner_dim(self) -> int:
@@ -556,7 +581,41 @@ class ModelConfig:
             raise ConfigError(f"model.ff_sublayer_dropout must be in [0, 1), got {self.ff_sublayer_dropout}")
 
     def _validate_embedding(self) -> None:
-        pass
+        for name in ("emb_dim", "logits_dim"):
+            if getattr(self, name) is not None:
+                _positive(self, name)
+        _positive(self, "num_output_heads", "mixture_of_softmax_k")
+        if not (0.0 < self.emb_frac_gradient <= 1.0):
+            raise ConfigError(f"model.emb_frac_gradient must be in (0, 1], got {self.emb_frac_gradient}")
+        if self.tie_embedding_scale is not None and not self.tie_embedding:
+            raise ConfigError("model.tie_embedding_scale needs model.tie_embedding=true (it scales the tied logits)")
+        if self.tie_embedding:
+            clash = {"emb_dim": self.embed_dim != self.dim, "logits_dim": self.logits_dim is not None,
+                     "num_output_heads": self.num_output_heads != 1, "return_only_embed": self.return_only_embed,
+                     "custom_token_emb": self.custom_token_emb, "custom_to_logits": self.custom_to_logits}
+            for name, on in clash.items():
+                if on:
+                    raise ConfigError(f"model.tie_embedding cannot be combined with model.{name}="
+                                      f"{getattr(self, name)!r}: the tied logits are the token embedding itself")
+        if self.num_output_heads > 1 and self.mixture_of_softmax:
+            raise ConfigError("model.mixture_of_softmax needs model.num_output_heads=1 (as x-transformers)")
+        if self.return_only_embed:
+            on = {"num_output_heads": self.num_output_heads != 1, "mixture_of_softmax": self.mixture_of_softmax,
+                  "sigsoftmax_logits": self.sigsoftmax_logits, "logits_dim": self.logits_dim is not None,
+                  "custom_to_logits": self.custom_to_logits, "squeeze_out_last_dim": self.squeeze_out_last_dim}
+            for name in (n for n, v in on.items() if v):
+                raise ConfigError(f"model.{name} changes the logits, which model.return_only_embed removes")
+        if self.custom_to_logits and (self.num_output_heads != 1 or self.logits_dim is not None):
+            raise ConfigError("model.num_output_heads and model.logits_dim shape the built-in logits head, "
+                              "which a custom to_logits replaces")
+        if self.embed_num_tokens is not None:
+            e = self.embed_num_tokens
+            if not (isinstance(e, dict) and all(isinstance(k, str) and k and isinstance(v, int)
+                                                and not isinstance(v, bool) and v > 0 for k, v in e.items())):
+                raise ConfigError(f"model.embed_num_tokens must map names to positive table sizes, got {e!r}")
+        if self.custom_token_emb and self.l2norm_embed:
+            raise ConfigError("model.l2norm_embed normalises the built-in token embedding; a custom token_emb "
+                              "does its own normalising")
 
     def sublayer_kind(self, field: str) -> str:
         return next(k for k, names in PER_LAYER_FIELDS.items() if field in names)

@@ -109,11 +109,23 @@ def _pad_vocab(value: torch.Tensor, cfg) -> torch.Tensor:
 
 def _top_level(key: str, value: torch.Tensor, cfg, offset: float):
     """Embeddings, final norm, position bias and head -> (arlm name, tensor) or None."""
+    if cfg.custom_token_emb and key.startswith("token_emb."):
+        return key, value  # the same Python module on both sides
+    if cfg.custom_to_logits and key.startswith("to_logits."):
+        return "head." + key[len("to_logits."):], value
     if key == "token_emb.emb.weight":
         return "token_emb.weight", _pad_vocab(value, cfg)
     if key == "to_logits.weight":
-        return "head.weight", _pad_vocab(value, cfg)
-    if key in ("pos_emb.emb.weight", "pos_emb.scale", "memory_tokens"):
+        return "head.weight", _pad_vocab(value, cfg) if cfg.logits_dim is None else value
+    m = re.match(r"^to_logits\.(\d+)\.weight$", key)
+    if m:  # num_output_heads
+        return f"output_heads.{m.group(1)}.weight", value if cfg.logits_dim is not None else _pad_vocab(value, cfg)
+    if key in ("to_mixture.0.weight", "combine_mixture.weight"):
+        return f"mixture.{'to_mixture' if key.startswith('to_') else 'combine'}.weight", value
+    if key in ("pos_emb.emb.weight", "pos_emb.scale", "memory_tokens", "ff_deep_embed", "project_emb.weight",
+               "project_emb.bias", "to_next_embed_pred.0.weight", "to_next_embed_pred.2.weight"):
+        return key, value
+    if re.match(r"^embeds\.\w+_embed\.weight$", key):  # embed_num_tokens tables
         return key, value
     if key == "post_emb_norm.gamma":  # plain LayerNorm there, no unit offset
         return "post_emb_norm.weight", value

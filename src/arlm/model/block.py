@@ -60,7 +60,8 @@ class Block(nn.Module):
         self.plain = (cfg.pre_norm and not (cfg.sandwich_norm or cfg.gate_residual or cfg.scale_residual
                                             or cfg.macaron or cfg.shift_tokens or cfg.layer_dropout
                                             or cfg.branch_output_scale != 1.0 or cfg.scale_residual_constant != 1.0
-                                            or cfg.reinject_input or cfg.orthog_residual or cfg.mv_split_residual))
+                                            or cfg.reinject_input or cfg.orthog_residual or cfg.mv_split_residual
+                                            or cfg.ff_deep_embed))
 
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); ``step`` is this call's position in the execution order."""
@@ -87,6 +88,8 @@ class Block(nn.Module):
         if self.shift:
             h = self._shift_tokens(h, ctx, step, name)
         out = fn(h)
+        if name == "ff" and ctx.ff_deep is not None and step in ctx.ff_deep:
+            out = out * ctx.ff_deep[step]  # ff_deep_embed: a per-token multiplier (model/embedding.py)
         scale = self.ff_scale if name == "ff" else self.attn_scale
         if scale != 1.0:
             out = out * scale

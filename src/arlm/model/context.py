@@ -51,7 +51,8 @@ class Context:
     """
 
     __slots__ = ("rope", "slots", "kv_slots", "causal", "mask", "visible", "bias", "pad", "cache", "steps",
-                 "first_attn_step", "scores", "values", "z_lse", "kv_end", "slot0", "inject", "attn")
+                 "first_attn_step", "scores", "values", "z_lse", "kv_end", "slot0", "inject", "attn",
+                 "ff_deep")
 
     def __init__(self, steps, first_attn_step: int, rope=None, slots=None, kv_slots=None, pad=None, cache=None):
         self.steps, self.first_attn_step = steps, first_attn_step
@@ -64,6 +65,7 @@ class Context:
         self.slot0: int | None = None  # the rows are cache slots slot0.. (write by slicing, not index_copy)
         self.inject: torch.Tensor | None = None  # reinject_input: added to every branch input (B, T, C)
         self.attn: list | None = None  # per attention call, an AttnRecord (attention maps were asked for)
+        self.ff_deep: dict[int, torch.Tensor] | None = None  # ff_deep_embed: step -> (B, T, C) output multiplier
 
     def kv(self, step: int):
         if self.cache is None:

@@ -192,6 +192,20 @@ _WRAPPER_KWARGS: dict[str, tuple[str | None, Any]] = {
     "post_emb_norm": ("post_emb_norm", bool),
     "num_memory_tokens": ("num_memory_tokens", lambda v: int(v or 0)),
     "input_not_include_cache": (None, bool),  # forward-time default, read by facade_forward
+    "emb_dim": ("emb_dim", _int_or_none),
+    "emb_frac_gradient": ("emb_frac_gradient", float),
+    "tie_embedding_scale": ("tie_embedding_scale", lambda v: None if v is None else float(v)),
+    "ff_deep_embed": ("ff_deep_embed", bool),
+    "logits_dim": ("logits_dim", _int_or_none),
+    "num_output_heads": ("num_output_heads", int),
+    "return_only_embed": ("return_only_embed", bool),
+    "mixture_of_softmax": ("mixture_of_softmax", bool),
+    "mixture_of_softmax_k": ("mixture_of_softmax_k", int),
+    "sigsoftmax_logits": ("sigsoftmax_logits", bool),
+    "squeeze_out_last_dim": ("squeeze_out_last_dim", bool),
+    "add_continuous_pred_head": ("add_continuous_pred_head", bool),
+    "token_emb": (None, lambda v: v),  # a Python module: the config records only that there is one
+    "to_logits": (None, lambda v: v),
 }
 
 # x-transformers options refused on purpose: each breaks causality or cannot be reproduced
@@ -228,6 +242,9 @@ REFUSED: dict[str, str] = {
     "dim_pooled_tokens": "it configures attn_pool, which is refused",
     "attn_heads": "x-transformers' Decoder passes its own heads= to every attention layer, so attn_heads "
                   "collides with it there (TypeError); set heads= instead",
+    "max_mem_len": "Transformer-XL recurrence carries hidden states (mems) between segments beside the "
+                   "attention; arlm's KV cache keeps every position's keys and values instead, so there are no mems",
+    "shift_mem_down": "it rotates Transformer-XL mems between layers, and arlm has no mems (see max_mem_len)",
 }
 
 _ANY = object()
@@ -252,6 +269,8 @@ INERT: dict[str, Any] = {
     "memory_tokens_interspersed_every": None, "recycling": False, "train_max_recycle_steps": 4, "looped": False,
     "max_looped_steps": 4, "average_pool_embed": False, "use_cls_token": False, "num_cls_tokens": 1,
     "attn_pool": False, "num_pooled_tokens": 1, "attn_pool_depth": 1, "dim_pooled_tokens": None,
+    "max_mem_len": 0, "shift_mem_down": 0,
+    "attn_z_loss_weight": _ANY,  # x-transformers stores nothing from it: forward's attn_z_loss_weight decides
 }
 
 
@@ -502,8 +521,13 @@ class TransformerWrapper(Transformer):
             field, conv = _WRAPPER_KWARGS[name]
             if field is not None:
                 fields[field] = conv(value)
+        modules = {name: kwargs.get(name) for name in ("token_emb", "to_logits")}
+        for name, module in modules.items():
+            if module is not None and not isinstance(module, torch.nn.Module):
+                raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
+            fields[f"custom_{name}"] = module is not None
         cfg = ModelConfig(vocab_size=int(num_tokens), max_seq_len=int(max_seq_len), **fields)
-        super().__init__(cfg)
+        super().__init__(cfg, **modules)
         self.attn_layers = attn_layers
         self.input_not_include_cache = bool(kwargs.get("input_not_include_cache", False))
         attn_layers._model = weakref.ref(self)  # the spec's attn_qk_clip_ reaches the weights

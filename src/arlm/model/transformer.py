@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig
 from .attention import KVCache
 from .block import Block
 from .calls import call
 from .context import Context, make_context, plan_steps
+from .embedding import MixtureOfSoftmax, deep_embed_scales, frac_gradient, next_embed_head, sigsoftmax
 from .loss import auto_chunk_rows, linear_cross_entropy
 from .norms import NORM_TYPES, make_norm
 from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPositionBias, Polar, Rotary,
@@ -66,18 +67,29 @@ def build_blocks(cfg: ModelConfig) -> tuple[list[tuple[bool, bool]], list[tuple[
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, *, token_emb: nn.Module | None = None, to_logits: nn.Module | None = None):
+        """``token_emb`` / ``to_logits``: Python modules replacing the token embedding (ids (B, T)
+        -> (B, T, E)) or the logits head ((B, T, C) -> logits); the config records that they
+        exist (``custom_token_emb`` / ``custom_to_logits``), so it cannot rebuild the model alone."""
         super().__init__()
         cfg.validate()
         self.cfg = cfg
+        for name, module, flag in (("token_emb", token_emb, cfg.custom_token_emb),
+                                   ("to_logits", to_logits, cfg.custom_to_logits)):
+            if flag != (module is not None):
+                raise ConfigError(f"model.custom_{name}={flag} but {name} is {'missing' if flag else 'given'}: a "
+                                  f"custom {name} is a Python module that a config cannot hold, so arlm runs "
+                                  f"(train, generate, evaluate) cannot rebuild this model; build it in Python "
+                                  f"with TransformerWrapper({name}=...)")
         M = self.num_memory_tokens = cfg.num_memory_tokens
         P = cfg.max_seq_len + M  # positions seen by relative encodings (memory tokens first)
-        self.token_emb = nn.Embedding(cfg.padded_vocab, cfg.dim)
+        E = cfg.embed_dim
+        self.token_emb = token_emb if token_emb is not None else nn.Embedding(cfg.padded_vocab, E)
         self.pos_emb = None
         if cfg.token_pos_emb == "absolute":
-            self.pos_emb = AbsolutePositionalEmbedding(cfg.dim, cfg.max_seq_len, l2norm=cfg.l2norm_embed)
+            self.pos_emb = AbsolutePositionalEmbedding(E, cfg.max_seq_len, l2norm=cfg.l2norm_embed)
         elif cfg.token_pos_emb == "scaled_sinusoidal":
-            self.pos_emb = ScaledSinusoidalEmbedding(cfg.dim)
+            self.pos_emb = ScaledSinusoidalEmbedding(E)
         self.rotary = None
         if cfg.pos_emb == "rotary":
             self.rotary = Rotary(cfg.rotary_emb_dim, P, cfg.rotary_base, cfg.rotary_interpolation_factor,
@@ -94,8 +106,10 @@ class Transformer(nn.Module):
             self.pos_bias = DynamicPositionBias(cfg.dim // 4, cfg.heads, P, cfg.dynamic_pos_bias_mlp_depth,
                                                 cfg.dynamic_pos_bias_log_distance, cfg.dynamic_pos_bias_norm)
         # post-embedding LayerNorm (BLOOM; Dettmers et al. 2021), a plain LayerNorm as x-transformers
-        self.post_emb_norm = nn.LayerNorm(cfg.dim, bias=False) if cfg.post_emb_norm else None
+        self.post_emb_norm = nn.LayerNorm(E, bias=False) if cfg.post_emb_norm else None
         self.emb_dropout = nn.Dropout(cfg.emb_dropout)
+        # embeddings narrower (or wider) than the model (ALBERT's factorised embedding, Lan et al. 2019)
+        self.project_emb = nn.Linear(E, cfg.dim) if E != cfg.dim else None
         # memory tokens (Burtsev et al. 2020, Memory Transformer): learned rows in front of the sequence
         self.memory_tokens = nn.Parameter(torch.randn(M, cfg.dim)) if M else None
         # execution order over blocks (weight_tie_layers, layers_execute_order: blocks run more than once)
@@ -109,14 +123,14 @@ class Transformer(nn.Module):
                                           value_mix=learned_mix and a and i != first_attn)
                                     for i, (a, f) in enumerate(specs))
         self.n_branches = len(cfg.execute_order)
+        self.ff_deep_embed = nn.Parameter(torch.ones(cfg.vocab_size, cfg.depth, cfg.dim)) if cfg.ff_deep_embed else None
+        self._ff_steps = [step for step, b in enumerate(self.order) if specs[b][1]]
         self._steps, self._first_attn_step = plan_steps(specs, self.order)
         self.reinject = InputReinjection(cfg) if cfg.reinject_input else None
         self.unet = UNetSkips(cfg, self.layer_map) if cfg.unet_skips else None
         # post-norm stacks end with a normalised residual already; x-transformers has no final norm there
         self.norm = make_norm(cfg) if cfg.pre_norm else None
-        self.head = None if cfg.tie_embedding else nn.Linear(cfg.dim, cfg.padded_vocab, bias=False)
-        # tied logits are scaled by dim**-0.5, as x-transformers does
-        self.tied_scale = cfg.dim**-0.5
+        self._init_head(to_logits)
         self.needs_mask = (cfg.needs_scores or cfg.max_attend_past is not None or self.pos_bias is not None
                            or cfg.attn_num_mem_kv > 0 or cfg.attn_add_zero_kv)
         self.kv_prefix = cfg.attn_num_mem_kv + int(cfg.attn_add_zero_kv)
@@ -124,8 +138,29 @@ class Transformer(nn.Module):
         # take the general path even for an int input_pos
         self._lean_decode = not (self.needs_mask or M or cfg.shift_tokens or self.pos_emb is not None
                                  or cfg.mv_split_residual)
-        if not self.token_emb.weight.is_meta:  # a model built on the meta device is initialised by its loader
+        if not next(self.parameters()).is_meta:  # a model built on the meta device is initialised by its loader
             self.init_weights()
+
+    def _init_head(self, to_logits: nn.Module | None) -> None:
+        """The logits head: one linear layer (default), the tied embedding, ``num_output_heads``
+        linear layers, a custom module, or none (``return_only_embed``); optionally a mixture of
+        softmaxes on top and a next-embedding predictor beside it."""
+        cfg = self.cfg
+        rows = cfg.padded_vocab if cfg.logits_dim is None else cfg.logits_dim
+        self.head = self.output_heads = None
+        if to_logits is not None:
+            self.head = to_logits
+        elif cfg.num_output_heads > 1:
+            self.output_heads = nn.ModuleList(nn.Linear(cfg.dim, rows, bias=False) for _ in range(cfg.num_output_heads))
+        elif not (cfg.tie_embedding or cfg.return_only_embed):
+            self.head = nn.Linear(cfg.dim, rows, bias=False)
+        # tied logits are scaled by dim**-0.5 unless told otherwise, as x-transformers does
+        self.tied_scale = cfg.tie_embedding_scale if cfg.tie_embedding_scale is not None else cfg.dim**-0.5
+        self.mixture = MixtureOfSoftmax(cfg.dim, cfg.mixture_of_softmax_k) if cfg.mixture_of_softmax else None
+        self.to_next_embed_pred = next_embed_head(cfg.dim) if cfg.add_continuous_pred_head else None
+        # the loss can stream the head's weight in chunks only when the logits are one linear map
+        self._linear_head = (to_logits is None and self.output_heads is None and self.mixture is None
+                             and not (cfg.sigsoftmax_logits or cfg.return_only_embed or cfg.squeeze_out_last_dim))
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
@@ -136,7 +171,12 @@ class Transformer(nn.Module):
         cfg, std = self.cfg, self.cfg.init_std
         g = generator
         out_std = std / math.sqrt(self.n_branches)
+        # custom token_emb / to_logits modules keep the weights they came with
+        custom = {id(sub) for root, on in ((self.token_emb, cfg.custom_token_emb), (self.head, cfg.custom_to_logits))
+                  if on for sub in root.modules()}
         for name, m in self.named_modules():
+            if id(m) in custom:
+                continue
             if isinstance(m, nn.Linear):
                 s = out_std if name.endswith(("attn.out", "ff.proj_out")) else std
                 # drawn in logical (row-major) order, so the same seed gives the same weights
@@ -163,12 +203,12 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("mem_k", "mem_v")) or name == "memory_tokens":
                 p.normal_(0.0, 1.0, generator=g)
-            elif name.endswith(("head_scale", "residual_scale")):
+            elif name.endswith(("head_scale", "residual_scale")) or name == "ff_deep_embed":
                 p.fill_(1.0)
             elif name.endswith("talking_heads"):
                 p.copy_(torch.eye(p.shape[0]))
         if isinstance(self.pos_emb, ScaledSinusoidalEmbedding):
-            self.pos_emb.scale.fill_(cfg.dim**-0.5)
+            self.pos_emb.scale.fill_(cfg.embed_dim**-0.5)
         if cfg.depth_scale_residual and not cfg.zero_init_branch_output:
             depth_scaled_init_(self, g)
         # option modules that start somewhere special say so themselves, after the generic pass:
@@ -179,7 +219,7 @@ class Transformer(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
         """A preallocated KV cache for ``batch_size`` rows and ``max_len`` slots."""
-        p = self.token_emb.weight
+        p = next(self.parameters())
         cfg = self.cfg
         max_len = max_len or cfg.max_seq_len
         if max_len > cfg.max_seq_len:
@@ -261,6 +301,8 @@ class Transformer(nn.Module):
             positions = (torch.cat((mem, positions + M)) if positions.dim() == 1
                          else torch.cat((mem[None].expand(B, -1), positions + M), dim=1))
         ctx = make_context(self, slots, positions, start, cache, key_mask, kv_len)
+        if self.ff_deep_embed is not None:
+            ctx.ff_deep = deep_embed_scales(self.ff_deep_embed, ids, self._ff_steps, x.shape[1] - T)
         x = self._blocks(x, ctx, return_attn_z_loss, attn_record)
         if M:
             x = x[:, M:]
@@ -277,6 +319,8 @@ class Transformer(nn.Module):
         rope = qk_pos.table_range(p, T) if qk_pos is not None else None
         ctx = Context(self._steps, self._first_attn_step, rope=rope, cache=cache)
         ctx.slot0, ctx.kv_end, ctx.causal = p, p + T, T > 1
+        if self.ff_deep_embed is not None:
+            ctx.ff_deep = deep_embed_scales(self.ff_deep_embed, ids, self._ff_steps, 0)
         x = self._blocks(x, ctx, return_attn_z_loss, attn_record)
         return self._finish(x, ctx, return_embeddings, return_attn_z_loss, attn_z_loss_weight, targets, loss_chunk,
                             ignore_index)
@@ -299,6 +343,10 @@ class Transformer(nn.Module):
             x = torch.cat((prepend_embeds.to(x.dtype), x), dim=1)  # (B, P + T, C)
         if self.cfg.emb_dropout and self.training:
             x = self.emb_dropout(x)
+        if self.cfg.emb_frac_gradient < 1.0 and torch.is_grad_enabled():
+            x = frac_gradient(x, self.cfg.emb_frac_gradient)
+        if self.project_emb is not None:
+            x = call(self.project_emb, x)  # (B, T, E) -> (B, T, C)
         return x
 
     def _blocks(self, x, ctx: Context, return_attn_z_loss: bool, attn_record: list | None = None):
@@ -334,11 +382,32 @@ class Transformer(nn.Module):
             return out, lse.square().sum(dim=1).mean() * attn_z_loss_weight
         return out
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Final embeddings (..., C) -> logits (..., vocab_size)."""
-        logits = call(self.head, x) if self.head is not None else (x @ self.token_emb.weight.t()) * self.tied_scale
-        if self.cfg.padded_vocab != self.cfg.vocab_size:
-            logits = logits[..., : self.cfg.vocab_size]
+    def logits(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Final embeddings (..., C) -> logits (..., V): V = vocab_size, or ``logits_dim``. With
+        ``num_output_heads`` > 1 a tuple of logits, one per head (as x-transformers); with
+        ``mixture_of_softmax`` log-probabilities; ``return_only_embed`` models return x itself."""
+        cfg = self.cfg
+        if self._linear_head:  # the default
+            logits = call(self.head, x) if self.head is not None else (x @ self.token_emb.weight.t()) * self.tied_scale
+            return logits[..., : cfg.n_logits] if cfg.padded_vocab != cfg.n_logits else logits
+        if cfg.return_only_embed:
+            return x
+        if self.output_heads is not None:
+            return tuple(self._head_out(self._one_head(head, x)) for head in self.output_heads)
+        if self.mixture is not None:
+            return self._head_out(self.mixture(x, lambda h: self._one_head(self.head, h)))
+        return self._head_out(self._one_head(self.head, x))
+
+    def _one_head(self, head, x: torch.Tensor) -> torch.Tensor:
+        """One head's logits (sigsoftmax applied), before the mixture of softmaxes."""
+        logits = call(head, x) if head is not None else (x @ self.token_emb.weight.t()) * self.tied_scale
+        if logits.shape[-1] != self.cfg.n_logits and not self.cfg.custom_to_logits:
+            logits = logits[..., : self.cfg.n_logits]  # padded vocabulary rows
+        return sigsoftmax(logits) if self.cfg.sigsoftmax_logits else logits
+
+    def _head_out(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.cfg.squeeze_out_last_dim and logits.shape[-1] == 1:
+            return logits[..., 0]  # a single output (a regression head), as x-transformers
         return logits
 
     def loss(self, x: torch.Tensor, targets: torch.Tensor, chunk: int | None = None,
@@ -346,16 +415,23 @@ class Transformer(nn.Module):
         """Mean cross-entropy (fp32) of the logits of final embeddings x (..., C) against targets
         (...). ``chunk`` rows at a time without materialising the logits (model/loss.py); None
         picks by vocabulary size, 0 computes the full logits and calls F.cross_entropy."""
+        if not self._linear_head:
+            if self.output_heads is not None or self.cfg.return_only_embed or self.cfg.squeeze_out_last_dim:
+                raise ValueError("targets= needs one logits head over classes (this model has several heads, "
+                                 "no head, or squeezed logits); compute the loss from its outputs")
+            chunk = 0  # a mixture / sigsoftmax / custom head: the loss reads its full logits
         rows = auto_chunk_rows(self.cfg.padded_vocab) if chunk is None else chunk
         if rows == 0:
             return F.cross_entropy(self.logits(x).float().flatten(0, -2), targets.flatten(), ignore_index=ignore_index)
         w, scale = (self.head.weight, 1.0) if self.head is not None else (self.token_emb.weight, self.tied_scale)
-        return linear_cross_entropy(x, w[: self.cfg.vocab_size], targets, scale, rows, ignore_index)
+        return linear_cross_entropy(x, w[: self.cfg.n_logits], targets, scale, rows, ignore_index)
 
     def num_params(self, exclude_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
-        if exclude_embedding:
-            n -= self.token_emb.weight.numel()
+        if exclude_embedding:  # lookup tables: no matmul
+            n -= sum(p.numel() for p in self.token_emb.parameters())
             if isinstance(self.pos_emb, AbsolutePositionalEmbedding):
                 n -= self.pos_emb.emb.weight.numel()
+            if self.ff_deep_embed is not None:
+                n -= self.ff_deep_embed.numel()
         return n
