@@ -212,6 +212,8 @@ FEEDFORWARD: dict[str, tuple[dict, dict, bool]] = {
     "ff_custom_activation_mish_glu": ({"ff_custom_activation": torch.nn.Mish(), "ff_glu": True}, {}, True),
     "ff_custom_activation_relu": ({"ff_custom_activation": torch.nn.ReLU()}, {}, True),
     "ff_custom_activation_softplus": ({"ff_custom_activation": torch.nn.Softplus()}, {}, True),
+    "ff_per_layer_variants": ({"ff_glu": True, "ff_glu_mult_bias": (True, False), "ff_glu_softclamp": True,
+                               "ff_glu_gate_softclamp_value": (4.0, 0.5), "ff_sublayer_dropout": (0.0, 0.1)}, {}, True),
     # (feed-forward: new options go here)
 }
 

@@ -16,7 +16,9 @@ FF_ACTIVATIONS = ("gelu", "swish", "relu_squared", "solu", "gelu_tanh", "relu", 
 # shape, attention path or mask depends on it), so a per-block config is exact.
 PER_LAYER_FIELDS = {
     "attn": ("attn_dropout", "attn_gate_values", "attn_head_scale", "qk_norm", "qk_norm_scale"),
-    "ff": ("ff_mult", "ff_glu", "ff_activation", "ff_bias", "ff_post_act_ln", "ff_dropout"),
+    "ff": ("ff_mult", "ff_glu", "ff_activation", "ff_bias", "ff_post_act_ln", "ff_dropout",
+           "ff_glu_mult_bias", "ff_glu_softclamp", "ff_glu_gate_softclamp_value", "ff_glu_up_softclamp_value",
+           "ff_softclamp_value", "ff_zero_init_output", "ff_output_proj_depth", "ff_sublayer_dropout"),
 }
 
 
