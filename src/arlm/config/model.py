@@ -615,6 +615,8 @@ class ModelConfig:
             if not (isinstance(e, dict) and all(isinstance(k, str) and k and isinstance(v, int)
                                                 and not isinstance(v, bool) and v > 0 for k, v in e.items())):
                 raise ConfigError(f"model.embed_num_tokens must map names to positive table sizes, got {e!r}")
+        if self.token_pos_emb == "scaled_sinusoidal" and self.embed_dim % 2:
+            raise ConfigError(f"scaled sinusoidal positions need an even model.emb_dim, got {self.embed_dim}")
         if self.custom_token_emb and self.l2norm_embed:
             raise ConfigError("model.l2norm_embed normalises the built-in token embedding; a custom token_emb "
                               "does its own normalising")
