@@ -103,6 +103,20 @@ POSITIONS: dict[str, tuple[dict, dict, bool]] = {
     # x-transformers fails on both: grouped-query keys, and the uniform init (an in-place op on a leaf)
     "polar_gqa_uniform_init": ({"heads": 4, "attn_kv_heads": 2, "polar_pos_emb": True,
                                 "polar_bias_uniform_init": True}, {}, False),
+    "data_dependent_alibi": ({"attn_data_dependent_alibi": True,
+                              "attn_data_dependent_alibi_kwargs": {"bias_init": 1.0, "post_log_scale": 2.0}}, {}, True),
+    "data_dependent_alibi_memory_window": ({"attn_data_dependent_alibi": True, "attn_max_attend_past": 4,
+                                            "attn_add_zero_kv": True,
+                                            "attn_data_dependent_alibi_kwargs": {"bias_init": 0.0}},
+                                           {"num_memory_tokens": 2}, True),
+    "data_dependent_alibi_per_row": ({"attn_data_dependent_alibi": True, "attn_data_dependent_alibi_per_row": True,
+                                      "attn_data_dependent_alibi_per_row_dim_head": 4}, {}, True),
+    "data_dependent_alibi_per_row_memory": ({"attn_data_dependent_alibi": True, "attn_data_dependent_alibi_per_row": True,
+                                             "residual_attn": True}, {"num_memory_tokens": 2}, True),
+    "rel_proj_pos_bias": ({"attn_use_rel_proj_pos_bias": True, "attn_rel_proj_num_distance_basis": 4,
+                           "attn_rel_proj_max_dist": 8}, {}, True),
+    "rel_proj_alibi_memory": ({"attn_use_rel_proj_pos_bias": True, "alibi_pos_bias": True, "rotary_pos_emb": True,
+                               "attn_rel_proj_max_dist": 30}, {"num_memory_tokens": 1}, True),
     # (positions: new options go here)
 }
 

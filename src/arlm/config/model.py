@@ -61,6 +61,14 @@ class ModelConfig:
     dynamic_pos_bias_norm: bool = False
     alibi_slopes: list | None = None  # custom ALiBi slopes, one per ALiBi head; None: the geometric ones
     polar_bias_uniform_init: bool = False
+    data_dependent_alibi: bool = False  # forgetting transformer: learned per-token forget gates
+    data_dependent_alibi_per_row: bool = False  # gates from a small query-key product per (query, key)
+    data_dependent_alibi_per_row_dim_head: int = 8
+    data_dependent_alibi_bias_init: float = 5.0
+    data_dependent_alibi_post_log_scale: float = 1.0
+    rel_proj_pos_bias: bool = False  # query-dependent mix of learned distance curves
+    rel_proj_num_distance_basis: int = 16
+    rel_proj_max_dist: int = 1024
     # (positions: new options go here)
 
     # --- norms (model/norms.py) ---
@@ -229,6 +237,11 @@ class ModelConfig:
     def n_logits(self) -> int:
         """Width of each logits head (the vocabulary unless logits_dim says otherwise)."""
         return self.logits_dim if self.logits_dim is not None else self.vocab_size
+
+    @property
+    def layer_pos_bias(self) -> bool:
+        """A position bias each attention layer computes from its own input (not shared by layers)."""
+        return self.data_dependent_alibi or self.rel_proj_pos_bias
 
     @property
     def ff_inner_dim(self) -> int:
@@ -434,6 +447,27 @@ class ModelConfig:
         if self.pos_emb == "polar" and self.attn_num_mem_kv:
             raise ConfigError("model.pos_emb=polar cannot be combined with model.attn_num_mem_kv: learned memory "
                               "keys have no position to give them a phase (x-transformers fails on it too)")
+
+        if self.data_dependent_alibi:
+            if self.pos_bias != "none":
+                raise ConfigError(f"model.data_dependent_alibi replaces the position bias; it cannot be combined "
+                                  f"with model.pos_bias={self.pos_bias!r} (x-transformers allows one)")
+            if self.data_dependent_alibi_per_row:
+                _positive(self, "data_dependent_alibi_per_row_dim_head")
+                if self.data_dependent_alibi_bias_init != 5.0:
+                    raise ConfigError("model.data_dependent_alibi_bias_init is for the per-token gates; the per-row "
+                                      "gates have no bias (x-transformers refuses it too)")
+        else:
+            for name, default in (("data_dependent_alibi_per_row", False), ("data_dependent_alibi_bias_init", 5.0),
+                                  ("data_dependent_alibi_post_log_scale", 1.0),
+                                  ("data_dependent_alibi_per_row_dim_head", 8)):
+                if getattr(self, name) != default:
+                    raise ConfigError(f"model.{name} needs model.data_dependent_alibi=true")
+        if self.rel_proj_pos_bias:
+            _positive(self, "rel_proj_num_distance_basis", "rel_proj_max_dist")
+            if self.data_dependent_alibi:
+                raise ConfigError("model.rel_proj_pos_bias and model.data_dependent_alibi: choose one per-layer "
+                                  "position bias")
 
     def _validate_norms(self) -> None:
         pass

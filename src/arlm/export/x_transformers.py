@@ -38,6 +38,12 @@ _ATTN = {
     "to_latent_q.weight": "latent.latent_q.weight",
     "to_latent_kv.weight": "latent.latent_kv.weight",
     "to_rotateable_k.weight": "latent.rope_k.weight",
+    # per-layer position biases (model/positional_bias.py)
+    "data_dependent_alibi.to_forget_gates.0.weight": "layer_bias.{gates}.weight",
+    "data_dependent_alibi.to_forget_gates.0.bias": "layer_bias.to_gates.bias",
+    "rel_proj_pos_bias.to_distance_weights.0.weight": "layer_bias.to_weights.weight",
+    "rel_proj_pos_bias.to_distance_weights.0.bias": "layer_bias.to_weights.bias",
+    "rel_proj_pos_bias.distance_bank": "layer_bias.distance_bank",
 }
 
 
@@ -191,7 +197,8 @@ def _layer_param(model, j: int, slot: int, rest: str, value, offset: float, put,
             qkv.setdefault(f"{prefix}.attn", {})[m.group(1)] = value
             return True
         if rest in _ATTN:
-            put(f"{prefix}.attn.{_ATTN[rest]}", value)
+            gates = "to_qk" if model.cfg.data_dependent_alibi_per_row else "to_gates"  # per-row: small q and k
+            put(f"{prefix}.attn.{_ATTN[rest].format(gates=gates)}", value)
             return True
         if rest == "head_scale_params":
             put(f"{prefix}.attn.head_scale", value.reshape(-1))  # (1, H, 1, 1) -> (H,)

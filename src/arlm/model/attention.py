@@ -22,6 +22,7 @@ from .attention_variants import HeadGate, LatentQKV, LearnedSink, gate_attended,
 from .calls import call
 from .context import Context
 from .positional import apply_polar, apply_rotary, partial_head_tables, rotary_head_mask
+from .positional_bias import layer_pos_bias
 
 
 class KVCache:
@@ -38,12 +39,14 @@ class KVCache:
     (B, prefix + max_len, R), fp32) keeps running sums over positions for ``mv_split_residual``
     (None unless it is on). ``max_len`` counts token slots only.
     ``key_dim``: the key width when it differs from the value width (polar positions: 2D).
+    ``forget`` (L float32 tensors (B, *forget_shape)) keeps the forgetting transformer's per-slot
+    state (None unless ``data_dependent_alibi``; see positional_bias.py).
     """
 
     def __init__(self, depth: int, batch: int, kv_heads: int, max_len: int, head_dim: int,
                  device=None, dtype=torch.float32, prefix: int = 0, shift_layers: int = 0, shift_dim: int = 0,
                  kv_prefix: int = 0, key_dim: int | None = None, running_layers: int = 0, running_dim: int = 0,
-                 value_dim: int | None = None):
+                 value_dim: int | None = None, forget_shape: tuple[int, ...] | None = None):
         shape = (batch, kv_heads, kv_prefix + prefix + max_len, head_dim)
         kshape = shape[:3] + (key_dim or head_dim,)
         vshape = shape[:3] + (value_dim or head_dim,)
@@ -54,6 +57,8 @@ class KVCache:
                        for _ in range(shift_layers)] if shift_layers else None)
         self.running = ([torch.zeros(batch, prefix + max_len, running_dim, device=device, dtype=torch.float32)
                          for _ in range(running_layers)] if running_layers else None)
+        self.forget = ([torch.zeros(batch, *forget_shape, device=device, dtype=torch.float32)
+                        for _ in range(depth)] if forget_shape else None)
 
     @property
     def batch_size(self) -> int:
@@ -69,7 +74,7 @@ class KVCache:
         return self.slots - self.kv_prefix - self.prefix
 
     def tensors(self) -> list[torch.Tensor]:
-        return [*self.k, *self.v, *(self.shift or []), *(self.running or [])]
+        return [*self.k, *self.v, *(self.shift or []), *(self.running or []), *(self.forget or [])]
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[i], self.v[i]
@@ -82,6 +87,8 @@ class KVCache:
             self.shift = [t.index_select(0, index) for t in self.shift]
         if self.running is not None:
             self.running = [t.index_select(0, index) for t in self.running]
+        if self.forget is not None:
+            self.forget = [t.index_select(0, index) for t in self.forget]
 
 
 class Attention(nn.Module):
@@ -144,6 +151,8 @@ class Attention(nn.Module):
         # polar positions (PoPE) turn each query/key feature into a complex number: 2D real features
         self.polar = cfg.pos_emb == "polar"
         self.key_dim = 2 * D if self.polar else D
+        # a position bias of this layer's own (forgetting transformer, distance basis), or None
+        self.layer_bias = layer_pos_bias(cfg)
 
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
@@ -203,7 +212,9 @@ class Attention(nn.Module):
             # per-head weights and ALiBi slopes line up after conversion; Llama groups h // (H/K))
             k = k[:, None].expand(B, H // K, K, S, k.shape[-1]).reshape(B, H, S, k.shape[-1])
             v = v[:, None].expand(B, H // K, K, S, Dv).reshape(B, H, S, Dv)
-        mask, causal = ctx.mask, ctx.causal
+        mask, causal, bias = ctx.mask, ctx.causal, ctx.bias
+        if self.layer_bias is not None:
+            mask, bias = self._with_layer_bias(x, ctx, step, S - P)
         if self.sink is not None:
             k, v, mask = self.sink.extend(q, k, v, mask, causal)
             causal = False
@@ -212,7 +223,7 @@ class Attention(nn.Module):
         if self.explicit:
             prev = ctx.scores.get(ctx.steps[step].prev_attn) if self.residual_attn else None
             y, scores = explicit_attention(
-                q, k, v, scale=self.scale, visible=ctx.visible, bias=ctx.bias, prev_scores=prev,
+                q, k, v, scale=self.scale, visible=ctx.visible, bias=bias, prev_scores=prev,
                 pre_talking=self.pre_talking_heads, post_talking=self.post_talking_heads, softclamp=self.softclamp,
                 topk=self.topk, dropout=self.dropout, training=self.training)
             if self.residual_attn:
@@ -258,6 +269,17 @@ class Attention(nn.Module):
             std = (2 * self.out.in_features * self.out_depth) ** -0.5
             # drawn in logical order, as init_weights does (storage may be transposed)
             w.copy_(torch.empty(w.shape, dtype=w.dtype, device=w.device).normal_(0.0, std, generator=generator))
+
+    def _with_layer_bias(self, x, ctx: Context, step: int, S: int):
+        """(mask, bias) with this layer's own position bias added: to the additive mask of the
+        fused path, or to the bias of the explicit path. Memory/zero key columns get none."""
+        b = call(self._modules["layer_bias"], x, ctx, step, S)  # (B, H, T, S)
+        if self.kv_prefix:
+            b = F.pad(b, (self.kv_prefix, 0))
+        if self.explicit:
+            return ctx.mask, b if ctx.bias is None else ctx.bias + b
+        m = ctx.mask
+        return (b.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else m + b), ctx.bias
 
     def _mix_values(self, x, v, ctx: Context, step: int) -> torch.Tensor:
         """The first attention call stores its values; later calls interpolate towards them with a

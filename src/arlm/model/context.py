@@ -52,7 +52,7 @@ class Context:
 
     __slots__ = ("rope", "slots", "kv_slots", "causal", "mask", "visible", "bias", "pad", "cache", "steps",
                  "first_attn_step", "scores", "values", "z_lse", "kv_end", "slot0", "inject", "attn",
-                 "ff_deep")
+                 "ff_deep", "dist", "real_keys")
 
     def __init__(self, steps, first_attn_step: int, rope=None, slots=None, kv_slots=None, pad=None, cache=None):
         self.steps, self.first_attn_step = steps, first_attn_step
@@ -66,6 +66,8 @@ class Context:
         self.inject: torch.Tensor | None = None  # reinject_input: added to every branch input (B, T, C)
         self.attn: list | None = None  # per attention call, an AttnRecord (attention maps were asked for)
         self.ff_deep: dict[int, torch.Tensor] | None = None  # ff_deep_embed: step -> (B, T, C) output multiplier
+        self.dist: torch.Tensor | None = None  # (B|1, T, S) query - key positions, for per-layer position biases
+        self.real_keys: torch.Tensor | None = None  # (B, S) False on left-padding key slots (None: no padding)
 
     def kv(self, step: int):
         if self.cache is None:
@@ -84,6 +86,9 @@ class Context:
         """The running sums of a branch (mv_split_residual)."""
         return self.cache.running[self._branch(step, kind)]
 
+    def forget_state(self, step: int) -> torch.Tensor:
+        return self.cache.forget[self.steps[step].kv_layer]
+
 
 def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -> Context:
     """Everything the layers share: rotary tables, the mask (or the causal fast path), the
@@ -93,7 +98,7 @@ def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -
     qk_pos = model.rotary or model.polar  # rotary or polar tables, applied to queries and keys
     rope = qk_pos.table(positions) if qk_pos is not None else None
     pad = None
-    if start is not None and (model.cfg.shift_tokens or model.cfg.mv_split_residual):
+    if start is not None and (model.cfg.shift_tokens or model.cfg.mv_split_residual or model.cfg.data_dependent_alibi):
         pad = (slots[None, :] < (start[:, None] + M)) & (slots[None, :] >= M)  # (B, T)
     P = model.kv_prefix
     ctx = Context(model._steps, model._first_attn_step, rope=rope, slots=slots,
@@ -116,12 +121,13 @@ def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -
     if start is not None:
         real = (kslots[None, :] >= start[:, None] + M) | (kslots[None, :] < M)  # (B, S)
         visible = (visible & real[:, None, :]) | (kslots[None, :] == slots[:, None])[None]  # (B, T, S)
+        ctx.real_keys = real
     if key_mask is not None:
         # (B, n) over caller slots 0..n-1 (uncached: the rows); memory and later slots stay visible
         km = F.pad(key_mask.bool(), (M, S - M - key_mask.shape[1]), value=True)  # (B, S)
         visible = visible & (km[:, None, :] | (kslots[None, :] == slots[:, None])[None])
     dist = None
-    if model.pos_bias is not None or model.cfg.max_attend_past is not None:
+    if model.pos_bias is not None or model.cfg.max_attend_past is not None or model.cfg.rel_proj_pos_bias:
         kpos = positions if cache is None else slot_positions(M, S, start, device)  # (S,) | (B, S)
         qp = positions if positions.dim() == 2 else positions[None]
         kp = kpos if kpos.dim() == 2 else kpos[None]
@@ -129,6 +135,7 @@ def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -
     if model.cfg.max_attend_past is not None:
         # sliding-window attention (Child et al. 2019; Beltagy et al. 2020, Longformer)
         visible = visible & (dist <= model.cfg.max_attend_past)
+    ctx.dist = dist
     visible = visible[:, None]  # (B|1, 1, T, S)
     bias = model.pos_bias(dist) if model.pos_bias is not None else None  # (B|1, H, T, S)
     if P:  # memory / zero key columns: always visible, no position bias

@@ -73,6 +73,13 @@ _POSITION_KWARGS: dict[str, tuple[str | None, Any]] = {
     "rel_pos_kwargs": (None, dict),
     "polar_pos_emb": (None, bool),
     "polar_bias_uniform_init": ("polar_bias_uniform_init", bool),
+    "attn_data_dependent_alibi": ("data_dependent_alibi", bool),
+    "attn_data_dependent_alibi_per_row": ("data_dependent_alibi_per_row", bool),
+    "attn_data_dependent_alibi_per_row_dim_head": ("data_dependent_alibi_per_row_dim_head", int),
+    "attn_data_dependent_alibi_kwargs": (None, dict),
+    "attn_use_rel_proj_pos_bias": ("rel_proj_pos_bias", bool),
+    "attn_rel_proj_num_distance_basis": ("rel_proj_num_distance_basis", int),
+    "attn_rel_proj_max_dist": ("rel_proj_max_dist", int),
 }
 
 _NORM_KWARGS: dict[str, tuple[str | None, Any]] = {
@@ -333,6 +340,7 @@ def _exclusive(kw: dict, names: tuple[str, ...], what: str) -> None:
 
 def _position_fields(kw: dict, out: dict) -> None:
     _exclusive(kw, ("alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias"), "position bias")
+    _exclusive(kw, ("alibi_pos_bias", "rel_pos_bias", "attn_data_dependent_alibi"), "position bias")
     _exclusive(kw, ("rotary_pos_emb", "polar_pos_emb"), "query/key position embedding")
     if kw.get("rotate_num_heads") is not None and kw.get("attn_rotate_num_heads") is not None:
         raise TypeError("set either rotate_num_heads or attn_rotate_num_heads, not both")
@@ -348,6 +356,11 @@ def _position_fields(kw: dict, out: dict) -> None:
     _forward_kwargs(kw.get("rel_pos_kwargs") or {}, "rel_pos_kwargs",
                     {"slopes": "alibi_slopes"} if out["pos_bias"] == "alibi" else {}, out,
                     f"the {out['pos_bias']} position bias" if out["pos_bias"] != "none" else "no position bias")
+    per_row = kw.get("attn_data_dependent_alibi_per_row")
+    _forward_kwargs(kw.get("attn_data_dependent_alibi_kwargs") or {}, "attn_data_dependent_alibi_kwargs",
+                    {"post_log_scale": "data_dependent_alibi_post_log_scale",
+                     **({} if per_row else {"bias_init": "data_dependent_alibi_bias_init"})}, out,
+                    f"the{' per-row' if per_row else ''} data-dependent ALiBi")
 
 
 def _forward_kwargs(given: dict, name: str, fields: dict[str, str], out: dict, what: str) -> None:

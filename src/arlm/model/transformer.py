@@ -29,6 +29,7 @@ from .loss import auto_chunk_rows, linear_cross_entropy
 from .norms import NORM_TYPES, make_norm
 from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPositionBias, Polar, Rotary,
                          ScaledSinusoidalEmbedding, T5RelativeBias)
+from .positional_bias import forget_state_shape
 from .residual import InputReinjection, UNetSkips, depth_scaled_init_
 
 
@@ -132,7 +133,7 @@ class Transformer(nn.Module):
         self.norm = make_norm(cfg) if cfg.pre_norm else None
         self._init_head(to_logits)
         self.needs_mask = (cfg.needs_scores or cfg.max_attend_past is not None or self.pos_bias is not None
-                           or cfg.attn_num_mem_kv > 0 or cfg.attn_add_zero_kv)
+                           or cfg.attn_num_mem_kv > 0 or cfg.attn_add_zero_kv or cfg.layer_pos_bias)
         self.kv_prefix = cfg.attn_num_mem_kv + int(cfg.attn_add_zero_kv)
         # options that need per-slot index tensors (masks, memory, shifts, absolute positions)
         # take the general path even for an int input_pos
@@ -230,7 +231,7 @@ class Transformer(nn.Module):
                        shift_layers=self.n_branches if s else 0, shift_dim=s * (cfg.dim // (s + 1)),
                        running_layers=self.n_branches if cfg.mv_split_residual else 0, running_dim=2 * cfg.dim + 1,
                        kv_prefix=self.kv_prefix, key_dim=cfg.head_dim * (2 if self.polar is not None else 1),
-                       value_dim=cfg.value_head_dim)
+                       value_dim=cfg.value_head_dim, forget_shape=forget_state_shape(cfg, self.num_memory_tokens + max_len))
 
     def forward(self, ids: torch.Tensor, input_pos: torch.Tensor | int | None = None,
                 cache: KVCache | None = None, start: torch.Tensor | None = None,

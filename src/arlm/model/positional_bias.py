@@ -1,0 +1,129 @@
+"""Position biases that each attention layer computes from its own input: the forgetting
+transformer's data-dependent ALiBi (per token, or per query-key pair) and a learned basis of
+distance curves mixed per query.
+
+Dims: B batch, T query rows, S key slots (internal rows: memory tokens first, no memory/zero
+key-value columns), H heads, C model dim. Every module maps (x (B, T, C), ctx, step, S) to an
+additive bias (B, H, T, S); keys after the query are masked by the caller, so any value will do
+there.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+
+
+class ForgetGateBias(nn.Module):
+    """Forgetting Transformer (Lin et al. 2025, "Forgetting Transformer: Softmax Attention with a
+    Forget Gate"); x-transformers' data-dependent ALiBi. Each token t emits a forget gate per head,
+    f_t = sigmoid(w . x_t + b), and query i discounts key j by every gate after it: bias =
+    sum_{j < l <= i} log f_l (ALiBi with a slope that depends on the data). With c_t the running
+    sum of log gates this is c_i - c_j.
+
+    Under a KV cache each slot's log gates are kept (``cache.forget``) and a step sums them over
+    the slots in use: the same sums as a full forward whatever slots the step writes (memory
+    tokens are recomputed in front of every step; speculative decoding rewrites slots), for
+    O(S) per layer beside attention's O(T S). Left-padding rows get gate 1 (log 0): a padded row
+    sums the same gates as the row alone."""
+
+    def __init__(self, dim: int, heads: int, bias_init: float = 5.0, post_log_scale: float = 1.0):
+        super().__init__()
+        self.to_gates = nn.Linear(dim, heads)
+        self.bias_init, self.post_log_scale = bias_init, post_log_scale
+
+    @torch.no_grad()
+    def init_option_(self, generator=None) -> None:
+        # a large gate bias starts every gate near 1: almost no forgetting (x-transformers' default 5)
+        self.to_gates.bias.fill_(self.bias_init)
+
+    def forward(self, x: torch.Tensor, ctx, step: int, S: int) -> torch.Tensor:
+        g = F.logsigmoid(self.to_gates(x).float()) * self.post_log_scale  # (B, T, H) log gates
+        if ctx.pad is not None:
+            g = g.masked_fill(ctx.pad[..., None], 0.0)
+        g = g.transpose(1, 2)  # (B, H, T)
+        if ctx.cache is None:
+            c = g.cumsum(dim=-1)  # (B, H, T) running sums
+            return c[..., :, None] - c[..., None, :]  # (B, H, T, T)
+        gates = ctx.forget_state(step)  # (B, H, all slots), float32
+        gates.index_copy_(2, ctx.slots, g)
+        c = gates[:, :, :S].cumsum(dim=-1)  # (B, H, S)
+        return c.index_select(2, ctx.slots)[..., :, None] - c[..., None, :]  # (B, H, T, S)
+
+
+class PairForgetGateBias(nn.Module):
+    """x-transformers' per-row data-dependent ALiBi: the forgetting transformer with a gate per
+    (query, key) pair from a small query-key product, f_il = sigmoid(q_i . k_l / sqrt(d)), and
+    bias = sum_{j <= l < i} log f_il (the key itself counts, the query does not, as
+    x-transformers). The cache keeps the small keys per slot (``cache.forget``); left-padding keys
+    get gate 1."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int = 8, post_log_scale: float = 1.0):
+        super().__init__()
+        self.heads, self.dim_head, self.post_log_scale = heads, dim_head, post_log_scale
+        self.to_qk = nn.Linear(dim, 2 * heads * dim_head, bias=False)
+
+    def forward(self, x: torch.Tensor, ctx, step: int, S: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k = self.to_qk(x).view(B, T, 2, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)  # (B, H, T, d) each
+        kslots = ctx.slots
+        if ctx.cache is not None:
+            keys = ctx.forget_state(step)  # (B, H, all slots, d)
+            keys.index_copy_(2, ctx.slots, k.to(keys.dtype))
+            k = keys[:, :, :S].to(q.dtype)
+            kslots = torch.arange(S, device=x.device)
+        g = F.logsigmoid(torch.matmul(q, k.transpose(-1, -2)).float() * self.dim_head**-0.5)  # (B, H, T, S)
+        keep = (kslots[None, :] < ctx.slots[:, None])[None]  # (1, T, S) keys strictly before the query
+        if ctx.real_keys is not None:
+            keep = keep & ctx.real_keys[:, None, :]  # no left-padding keys
+        g = g.masked_fill(~keep[:, None], 0.0) * self.post_log_scale
+        return g.flip(-1).cumsum(dim=-1).flip(-1)  # sum over l >= j
+
+
+class DistanceBasisBias(nn.Module):
+    """x-transformers' relative projection position bias (after Thinking Machines' Inkling; no
+    paper): a bank of R learned curves over distance 0..max_dist-1, mixed per query and head by a
+    projection of the query's input, bias_hij = sum_r w_hr(x_i) bank_r(i - j); 0 from max_dist on."""
+
+    def __init__(self, dim: int, heads: int, num_basis: int = 16, max_dist: int = 1024):
+        super().__init__()
+        self.heads, self.num_basis, self.max_dist = heads, num_basis, max_dist
+        self.to_weights = nn.Linear(dim, heads * num_basis)
+        self.distance_bank = nn.Parameter(torch.zeros(num_basis, max_dist))
+
+    @torch.no_grad()
+    def init_option_(self, generator=None) -> None:
+        self.distance_bank.normal_(0.0, 0.02, generator=generator)  # as x-transformers
+
+    def forward(self, x: torch.Tensor, ctx, step: int, S: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        w = self.to_weights(x).view(B, T, self.heads, self.num_basis).transpose(1, 2)  # (B, H, T, R)
+        curves = torch.matmul(w, self.distance_bank)  # (B, H, T, max_dist)
+        dist = ctx.dist  # (B|1, T, S) query position - key position
+        bias = curves.gather(-1, dist.clamp(0, self.max_dist - 1)[:, None].expand(B, self.heads, T, S))
+        return bias.masked_fill(((dist < 0) | (dist >= self.max_dist))[:, None], 0.0)
+
+
+def layer_pos_bias(cfg: ModelConfig) -> nn.Module | None:
+    """The attention layer's own position bias module for this config, or None."""
+    if cfg.data_dependent_alibi and cfg.data_dependent_alibi_per_row:
+        return PairForgetGateBias(cfg.dim, cfg.heads, cfg.data_dependent_alibi_per_row_dim_head,
+                                  cfg.data_dependent_alibi_post_log_scale)
+    if cfg.data_dependent_alibi:
+        return ForgetGateBias(cfg.dim, cfg.heads, cfg.data_dependent_alibi_bias_init,
+                              cfg.data_dependent_alibi_post_log_scale)
+    if cfg.rel_proj_pos_bias:
+        return DistanceBasisBias(cfg.dim, cfg.heads, cfg.rel_proj_num_distance_basis, cfg.rel_proj_max_dist)
+    return None
+
+
+def forget_state_shape(cfg: ModelConfig, slots: int) -> tuple[int, ...] | None:
+    """Per-layer cache state of the forgetting transformer (without the batch), or None."""
+    if not cfg.data_dependent_alibi:
+        return None
+    if cfg.data_dependent_alibi_per_row:
+        return (cfg.heads, slots, cfg.data_dependent_alibi_per_row_dim_head)
+    return (cfg.heads, slots)
