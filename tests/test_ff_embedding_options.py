@@ -224,7 +224,31 @@ def test_add_continuous_pred_head_builds_x_transformers_next_embedding_predictor
                                   {"mixture_of_softmax": True, "num_output_heads": 2},
                                   {"return_only_embed": True, "sigsoftmax_logits": True},
                                   {"tie_embedding": True, "to_logits": nn.Linear(32, V)},
-                                  {"emb_frac_gradient": 0.0}])
+                                  {"emb_frac_gradient": 0.0}, {"embed_num_tokens": {"segment": 0}}])
 def test_wrapper_options_that_x_transformers_would_ignore_or_break_are_refused(wrap):
     with pytest.raises(ConfigError, match="model."):
         wrapper(**wrap)
+
+
+def test_embed_num_tokens_sum_extra_embeddings_as_x_transformers_also_when_cached():
+    wrap = {"embed_num_tokens": {"segment": 3, "style": 5}, "emb_dim": 24, "post_emb_norm": True}
+    ref, ours, x = xt_pair({}, wrap)
+    assert {k for k in ours.state_dict() if k.startswith("embeds.")} == {"embeds.segment_embed.weight",
+                                                                        "embeds.style_embed.weight"}
+    g = torch.Generator().manual_seed(2)
+    ids = {"segment": torch.randint(0, 3, x.shape, generator=g), "style": torch.randint(0, 5, x.shape, generator=g)}
+    with torch.no_grad():
+        want, got = ref(x, embed_ids=ids), ours(x, embed_ids=ids)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        assert not torch.allclose(ours(x, embed_ids={k: v.flip(1) for k, v in ids.items()}), got)  # they act
+        out, cache = ours(x[:, :5], embed_ids={k: v[:, :5] for k, v in ids.items()}, return_intermediates=True)
+        steps = [out]
+        for t in range(6, 13):  # x-transformers' cached calls: x and embed_ids hold the sequence so far
+            out, cache = ours(x[:, :t], cache=cache, embed_ids={k: v[:, :t] for k, v in ids.items()},
+                              return_intermediates=True)
+            steps.append(out)
+    torch.testing.assert_close(torch.cat(steps, dim=1), got, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="exactly"):
+        ours(x, embed_ids={"segment": ids["segment"]})
+    with pytest.raises(TypeError, match="embed_num_tokens"):
+        wrapper()(x, embed_ids=ids)

@@ -243,6 +243,8 @@ EMBEDDING: dict[str, tuple[dict, dict, bool]] = {
     "mixture_of_softmax_tied_sigsoftmax": ({}, {"mixture_of_softmax": True, "tie_embedding": True,
                                                 "sigsoftmax_logits": True}, True),
     "ff_deep_embed": ({"rotary_pos_emb": True}, {"ff_deep_embed": True}, True),
+    "ff_deep_embed_custom_layers": ({"depth": None, "custom_layers": ("a", "f", "a", "f", "f")}, {"ff_deep_embed": True},
+                                    True),
     "ff_deep_embed_macaron": ({"macaron": True, "sandwich_norm": True}, {"ff_deep_embed": True}, True),
     # x-transformers cannot combine these (its multipliers miss the memory rows): arlm scales tokens only
     "ff_deep_embed_memory_tokens": ({"rotary_pos_emb": True}, {"ff_deep_embed": True, "num_memory_tokens": 2}, False),

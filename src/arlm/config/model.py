@@ -171,6 +171,7 @@ class ModelConfig:
     emb_frac_gradient: float = 1.0  # fraction of the gradient reaching the embeddings (CogView, GLM-130B)
     embed_num_tokens: dict[str, int] | None = None  # extra embedding tables summed with the tokens' (name -> rows)
     ff_deep_embed: bool = False  # learned per-token, per-layer multiplier on the feed-forward outputs
+    ff_deep_embed_depth: int | None = None  # layers of its table (None: depth; x-transformers' depth otherwise)
     logits_dim: int | None = None  # None: vocab_size
     num_output_heads: int = 1  # > 1: a tuple of logits, one per head
     return_only_embed: bool = False  # no logits head: the model returns its final embeddings
@@ -651,6 +652,8 @@ class ModelConfig:
                 raise ConfigError(f"model.embed_num_tokens must map names to positive table sizes, got {e!r}")
         if self.token_pos_emb == "scaled_sinusoidal" and self.embed_dim % 2:
             raise ConfigError(f"scaled sinusoidal positions need an even model.emb_dim, got {self.embed_dim}")
+        if self.ff_deep_embed_depth is not None:
+            _positive(self, "ff_deep_embed_depth")
         if self.custom_token_emb and self.l2norm_embed:
             raise ConfigError("model.l2norm_embed normalises the built-in token embedding; a custom token_emb "
                               "does its own normalising")

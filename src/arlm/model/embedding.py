@@ -31,13 +31,16 @@ def extra_embeddings(num_tokens: dict[str, int] | None, dim: int) -> nn.ModuleDi
     return nn.ModuleDict({f"{name}_embed": nn.Embedding(n, dim) for name, n in num_tokens.items()})
 
 
-def add_extra_embeddings(x: torch.Tensor, embeds: nn.ModuleDict, embed_ids: dict[str, torch.Tensor]) -> torch.Tensor:
-    """x (B, T, E) plus each named table at its ids (B, T); every table must be fed."""
-    if set(embed_ids) != {k[: -len("_embed")] for k in embeds}:
-        raise ValueError(f"embed_ids must give ids for exactly {sorted(k[:-6] for k in embeds)}, got {sorted(embed_ids)}")
-    for name, ids in embed_ids.items():
-        x = x + embeds[f"{name}_embed"](ids)
-    return x
+def extra_embedding_sum(embeds: nn.ModuleDict | None, embed_ids: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """The sum over the named tables of each table at its ids (B, T) -> (B, T, E); every table
+    must be fed, as x-transformers asserts."""
+    names = sorted(k[: -len("_embed")] for k in embeds) if embeds is not None else []
+    given = sorted(embed_ids or {})
+    if not names:
+        raise TypeError("embed_ids needs TransformerWrapper(embed_num_tokens={name: num_ids, ...})")
+    if given != names:
+        raise ValueError(f"embed_ids must give ids for exactly {names} (embed_num_tokens), got {given}")
+    return sum(embeds[f"{name}_embed"](ids) for name, ids in embed_ids.items())
 
 
 def deep_embed_scales(table: torch.Tensor, ids: torch.Tensor, ff_steps: list[int], memory: int) -> dict[int, torch.Tensor]:

@@ -11,6 +11,7 @@ exact under the KV cache are refused with the reason (``REFUSED``).
 from __future__ import annotations
 
 import weakref
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -201,6 +202,7 @@ _WRAPPER_KWARGS: dict[str, tuple[str | None, Any]] = {
     "input_not_include_cache": (None, bool),  # forward-time default, read by facade_forward
     "emb_dim": ("emb_dim", _int_or_none),
     "emb_frac_gradient": ("emb_frac_gradient", float),
+    "embed_num_tokens": ("embed_num_tokens", lambda v: dict(v) or None),
     "tie_embedding_scale": ("tie_embedding_scale", lambda v: None if v is None else float(v)),
     "ff_deep_embed": ("ff_deep_embed", bool),
     "logits_dim": ("logits_dim", _int_or_none),
@@ -540,6 +542,9 @@ class TransformerWrapper(Transformer):
                 raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
             fields[f"custom_{name}"] = module is not None
         cfg = ModelConfig(vocab_size=int(num_tokens), max_seq_len=int(max_seq_len), **fields)
+        if cfg.ff_deep_embed and attn_layers.depth is None:
+            # x-transformers' depth for a custom layout without one: the number of sublayer calls
+            cfg = replace(cfg, ff_deep_embed_depth=len(cfg.execute_order))
         super().__init__(cfg, **modules)
         self.attn_layers = attn_layers
         self.input_not_include_cache = bool(kwargs.get("input_not_include_cache", False))

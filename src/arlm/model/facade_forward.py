@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .attention import KVCache
+from .embedding import extra_embedding_sum
 from .intermediates import LayerIntermediates, new_storage
 from .transformer import Transformer
 
@@ -95,8 +96,9 @@ def xt_forward(model, x: torch.Tensor | None, *, mask=None, key_mask=None, pos=N
                return_logits_and_embeddings=False, return_embeddings_and_intermediates=False,
                return_logit_entropies=False, return_attn=False, return_attn_z_loss=False, attn_z_loss_weight=1e-4):
     cfg = model.cfg
-    if embed_ids:
-        raise TypeError("embed_ids needs TransformerWrapper(embed_num_tokens=...), which arlm does not offer")
+    if embed_ids or model.embeds is not None:  # embed_num_tokens tables: summed with the token embedding
+        extra = extra_embedding_sum(model.embeds, embed_ids)
+        sum_embeds = extra if sum_embeds is None else sum_embeds + extra
     if x is None:
         if prepend_embeds is None:
             raise ValueError("x may be None only with prepend_embeds")

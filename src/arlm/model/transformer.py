@@ -24,7 +24,8 @@ from .attention import KVCache
 from .block import Block
 from .calls import call
 from .context import Context, make_context, plan_steps
-from .embedding import MixtureOfSoftmax, deep_embed_scales, frac_gradient, next_embed_head, sigsoftmax
+from .embedding import (MixtureOfSoftmax, deep_embed_scales, extra_embeddings, frac_gradient, next_embed_head,
+                        sigsoftmax)
 from .loss import auto_chunk_rows, linear_cross_entropy
 from .norms import NORM_TYPES, make_norm
 from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPositionBias, Polar, Rotary,
@@ -108,6 +109,8 @@ class Transformer(nn.Module):
                                                 cfg.dynamic_pos_bias_log_distance, cfg.dynamic_pos_bias_norm)
         # post-embedding LayerNorm (BLOOM; Dettmers et al. 2021), a plain LayerNorm as x-transformers
         self.post_emb_norm = nn.LayerNorm(E, bias=False) if cfg.post_emb_norm else None
+        # extra tables (embed_num_tokens), fed through the facade's forward(embed_ids=...)
+        self.embeds = extra_embeddings(cfg.embed_num_tokens, E)
         self.emb_dropout = nn.Dropout(cfg.emb_dropout)
         # embeddings narrower (or wider) than the model (ALBERT's factorised embedding, Lan et al. 2019)
         self.project_emb = nn.Linear(E, cfg.dim) if E != cfg.dim else None
@@ -124,7 +127,8 @@ class Transformer(nn.Module):
                                           value_mix=learned_mix and a and i != first_attn)
                                     for i, (a, f) in enumerate(specs))
         self.n_branches = len(cfg.execute_order)
-        self.ff_deep_embed = nn.Parameter(torch.ones(cfg.vocab_size, cfg.depth, cfg.dim)) if cfg.ff_deep_embed else None
+        L = cfg.ff_deep_embed_depth or cfg.depth
+        self.ff_deep_embed = nn.Parameter(torch.ones(cfg.vocab_size, L, cfg.dim)) if cfg.ff_deep_embed else None
         self._ff_steps = [step for step, b in enumerate(self.order) if specs[b][1]]
         self._steps, self._first_attn_step = plan_steps(specs, self.order)
         self.reinject = InputReinjection(cfg) if cfg.reinject_input else None
@@ -435,4 +439,6 @@ class Transformer(nn.Module):
                 n -= self.pos_emb.emb.weight.numel()
             if self.ff_deep_embed is not None:
                 n -= self.ff_deep_embed.numel()
+            if self.embeds is not None:
+                n -= sum(p.numel() for p in self.embeds.parameters())
         return n
