@@ -46,6 +46,8 @@ def test_residual_fn_kwargs_map_to_options_or_are_refused():
     (dict(gate_residual=True, scale_residual_constant=0.5), "scale_residual_constant"),
     (dict(learned_reinject_input_gate=True), "reinject_input"),
     (dict(unet_skips=True, custom_layers=("a", "f", "a", "f")), "unet_skips"),
+    (dict(depth_scale_residual=True, attn_output_proj_depth=2), "attn_output_proj_depth"),
+    (dict(mv_split_residual=True, scale_residual=True), "scale_residual"),
 ])
 def test_inconsistent_residual_options_are_refused(kw, match):
     with pytest.raises(ConfigError, match=match):

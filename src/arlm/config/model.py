@@ -507,9 +507,10 @@ class ModelConfig:
         for name in ("scale_residual_constant", "branch_output_scale"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")
-        if self.depth_scale_residual and self.ff_output_proj_depth is not None:
-            raise ConfigError("model.depth_scale_residual sets the feed-forward output init by depth already; "
-                              "leave model.ff_output_proj_depth unset (x-transformers refuses both)")
+        for name in ("attn_output_proj_depth", "ff_output_proj_depth"):
+            if self.depth_scale_residual and getattr(self, name) is not None:
+                raise ConfigError(f"model.depth_scale_residual sets every output projection's init by depth already; "
+                                  f"leave model.{name} unset (x-transformers refuses both)")
         if self.learned_reinject_input_gate and not self.reinject_input:
             raise ConfigError("model.learned_reinject_input_gate needs model.reinject_input=true")
         if self.unet_skips:

@@ -254,6 +254,9 @@ REFUSED: dict[str, str] = {
     "max_mem_len": "Transformer-XL recurrence carries hidden states (mems) between segments beside the "
                    "attention; arlm's KV cache keeps every position's keys and values instead, so there are no mems",
     "shift_mem_down": "it rotates Transformer-XL mems between layers, and arlm has no mems (see max_mem_len)",
+    "attn_learned_value_residual_mix": "x-transformers' Decoder sets each attention layer's mix from "
+                                       "learned_value_residual_mix, so this collides with it there (TypeError); "
+                                       "set learned_value_residual_mix instead",
 }
 
 _ANY = object()
