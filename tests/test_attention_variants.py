@@ -112,6 +112,29 @@ def test_orthogonal_values_match_x_transformers_for_one_token():
     assert xt is not None
 
 
+@pytest.mark.parametrize("name, latent", [
+    ("latent_kv_cache_gqa", True), ("latent_kv_cache_rope_explicit", True), ("attn_latent_rope_subheads", True),
+    ("attn_use_latent_kv", False),  # memory key/values are not latents
+    ("latent_rope_subheads_xpos_qk_norm", False),  # normalised keys cannot be absorbed
+])
+def test_latent_attention_caches_the_latent(name, latent):
+    net = build(name)
+    cfg, cache = net.cfg, net.new_cache(2, SEQ)
+    assert cache.latent == latent == cfg.latent_kv_cache
+    if latent:  # per token and layer: the latent and the decoupled key heads, nothing else
+        assert cache.k[0].shape == (2, 1, SEQ + cfg.num_memory_tokens, cfg.latent_cache_dim)
+        assert cache.v[0].numel() == 0
+        assert cfg.latent_cache_dim < cfg.n_kv_heads * (cfg.head_dim + cfg.value_head_dim)
+    else:
+        assert cache.k[0].shape[1] == cfg.n_kv_heads
+
+
+def test_latent_cache_needs_every_layer_to_allow_it():
+    net = TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=Decoder(
+        **{**BASE, "attn_use_latent_kv": True, "attn_dim_latent_kv": 8, "attn_qk_norm": (False, True)}))
+    assert not net.cfg.latent_kv_cache and not net.new_cache(1, 4).latent
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"attn_dim_out": 16}, "attn_dim_out=16 is refused"),
     ({"attn_heads": 2}, "attn_heads.* is refused"),
@@ -135,6 +158,8 @@ def test_refused_keywords_say_why(kwargs, match):
     ({"attn_use_latent_kv": True, "attn_dim_latent_kv": 8, "attn_latent_rope_subheads": 1, "kv_heads": 1},
      "as many key/value heads"),
     ({"attn_latent_rope_subheads": 1}, "needs model.attn_use_latent_kv"),
+    ({"depth": 2, "per_layer": {"attn_gate_values_rank": [None, 4]}},
+     r"per_layer \(attn_gate_values_rank\)\[1\]: model.attn_gate_values_rank needs model.attn_gate_values"),
 ])
 def test_config_refuses_inconsistent_options(fields, match):
     with pytest.raises(ConfigError, match=match):
@@ -150,3 +175,22 @@ def test_inert_values_are_accepted():
     x = tokens(1, 6, seed=0)
     with torch.no_grad():
         assert torch.equal(net.eval()(x), base.eval()(x))
+
+
+@pytest.mark.parametrize("name", ["latent_kv_cache_gqa", "latent_kv_cache_rope_explicit",
+                                  "latent_kv_cache_sink_orthog_xpos", "attn_latent_rope_subheads"])
+def test_latent_cache_decoding_is_exact_with_sharp_attention(name):
+    """At the 0.02 init attention is nearly uniform, so keys barely matter; with larger weights
+    every absorbed key and value projection must be the right one."""
+    net = build(name).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+        x = tokens(2, 12, seed=1)
+        full = net(x)
+        cache = net.new_cache(2, SEQ)
+        steps = [net(x[:, :4], input_pos=torch.arange(4), cache=cache)]
+        steps += [net(x[:, t:t + 1], input_pos=torch.tensor([t]), cache=cache) for t in range(4, 12)]
+    assert cache.latent
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4 * full.abs().max().item(), rtol=0)

@@ -202,6 +202,23 @@ ATTN_PROJ: dict[str, tuple[dict, dict, bool]] = {
     "latent_rope_subheads_xpos_qk_norm": ({"attn_use_latent_kv": True, "attn_dim_latent_kv": 8,
                                            "attn_latent_rope_subheads": 1, "rotary_xpos": True, "attn_qk_norm": True},
                                           {}, True),
+    # the cache holds latents (config.latent_kv_cache) in these three
+    "latent_kv_cache_gqa": ({"attn_use_latent_kv": True, "attn_dim_latent_kv": 12, "heads": 4, "attn_kv_heads": 2,
+                             "attn_value_dim_head": 8}, {}, True),
+    "latent_kv_cache_rope_explicit": ({"attn_use_latent_q": True, "attn_dim_latent_q": 12, "attn_use_latent_kv": True,
+                                       "attn_dim_latent_kv": 8, "attn_latent_rope_subheads": 2, "heads": 4,
+                                       "rotary_pos_emb": True, "attn_pre_talking_heads": True,
+                                       "attn_post_talking_heads": True, "attn_sparse_topk": 4, "alibi_pos_bias": True},
+                                      {"num_memory_tokens": 1}, True),
+    "latent_kv_cache_sink_orthog_xpos": ({"attn_use_latent_kv": True, "attn_dim_latent_kv": 8,
+                                          "attn_latent_rope_subheads": 1, "rotary_xpos": True,
+                                          "attn_head_learned_sink": True, "attn_orthog_projected_values": True,
+                                          "attn_gate_value_heads": True, "attn_max_attend_past": 4}, {}, False),
+    "per_layer_gates_sink_orthog": ({"attn_output_gate": (True, False), "attn_gate_values": (False, True),
+                                     "attn_gate_values_rank": (None, 4), "attn_head_learned_sink": (False, True),
+                                     "attn_gate_value_heads": (True, False), "attn_zero_init_output": (True, False)},
+                                    {}, True),
+    "per_layer_orthog": ({"attn_orthog_projected_values": (True, False)}, {}, False),
     # (attention projections, gates and values: new options go here)
 }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from .checks import ConfigError, _choice, _positive
 
@@ -20,6 +20,26 @@ PER_LAYER_FIELDS = {
            "ff_glu_mult_bias", "ff_glu_softclamp", "ff_glu_gate_softclamp_value", "ff_glu_up_softclamp_value",
            "ff_softclamp_value", "ff_zero_init_output", "ff_output_proj_depth", "ff_sublayer_dropout"),
 }
+# attention projections, gates and values that only change their own layer's module
+PER_LAYER_FIELDS["attn"] += (
+    "attn_zero_init_output", "attn_output_proj_depth", "attn_sublayer_dropout", "attn_gate_values_rank",
+    "attn_gate_values_headwise", "attn_output_gate", "attn_output_gate_rank", "attn_output_gate_headwise",
+    "attn_low_rank_silu_gates", "attn_swiglu_values", "attn_gate_value_heads", "attn_head_learned_sink",
+    "attn_orthog_projected_values", "attn_orthog_projected_values_per_head",
+)
+
+# attention options that leave keys, values and the dot-product kernel alone: multi-head latent
+# attention can cache its latent with them (ModelConfig.latent_kv_cache)
+_LATENT_CACHE_SAFE = frozenset((
+    "attn_use_latent_q", "attn_dim_latent_q", "attn_use_latent_kv", "attn_dim_latent_kv", "attn_latent_rope_subheads",
+    "attn_value_dim_head", "attn_project_out", "attn_zero_init_output", "attn_output_proj_depth",
+    "attn_sublayer_dropout", "attn_gate_values", "attn_gate_values_rank", "attn_gate_values_headwise",
+    "attn_output_gate", "attn_output_gate_rank", "attn_output_gate_headwise", "attn_low_rank_silu_gates",
+    "attn_swiglu_values", "attn_gate_value_heads", "attn_head_learned_sink", "attn_orthog_projected_values",
+    "attn_orthog_projected_values_per_head", "attn_head_scale", "attn_on_attn", "attn_dropout",
+    "attn_softclamp_logits", "attn_logit_softclamp_value", "attn_pre_talking_heads", "attn_post_talking_heads",
+    "attn_sparse_topk", "qk_norm_scale",
+))
 
 
 @dataclass
@@ -210,6 +230,30 @@ class ModelConfig:
         for each orthogonal-projected-values variant that is on (they are concatenated)."""
         n = int(self.attn_orthog_projected_values) + int(self.attn_orthog_projected_values_per_head)
         return self.heads * self.value_head_dim * max(1, n)
+
+    @property
+    def latent_kv_cache(self) -> bool:
+        """Multi-head latent attention caches its latent (and decoupled rotary key heads) instead of
+        keys and values: only when the kernel sees plain dot products of projected keys and values,
+        i.e. nothing transforms them on the way (norms, value residuals, prefix key/values, rotary
+        on the latent heads, other kernels). Otherwise the cache keeps keys and values (exact too)."""
+        if not self.attn_use_latent_kv or self.add_value_residual:
+            return False
+        if self.pos_emb not in ("rotary", "absolute", "scaled_sinusoidal", "none") or self.rotary_num_heads is not None:
+            return False
+        if self.pos_emb == "rotary" and self.attn_latent_rope_subheads is None:
+            return False
+        # every other attention option (including ones added later) must be at its default, here
+        # and in every layer's per-layer values
+        defaults = {f.name: f.default for f in fields(self)}
+        layers = self.per_layer or {}
+        return all(getattr(self, name) == default and all(v == default for v in layers.get(name, ()))
+                   for name, default in defaults.items()
+                   if name.startswith(("attn_", "qk_", "k_", "q_", "v_", "value_")) and name not in _LATENT_CACHE_SAFE)
+
+    @property
+    def latent_cache_dim(self) -> int:
+        return self.attn_dim_latent_kv + (self.attn_latent_rope_subheads or 0) * self.head_dim
 
     @property
     def n_kv_heads(self) -> int:
@@ -676,11 +720,14 @@ class ModelConfig:
             if not isinstance(values, (list, tuple)) or len(values) != counts[kind]:
                 raise ConfigError(f"model.per_layer.{name} needs a list of {counts[kind]} values, one per "
                                   f"{'attention' if kind == 'attn' else 'feed-forward'} sublayer, got {values!r}")
-            for i, v in enumerate(values):
+        # each sublayer's config as a whole (one field may need another of the same sublayer)
+        for kind, n in counts.items():
+            names = [k for k in self.per_layer if self.sublayer_kind(k) == kind]
+            for i in range(n if names else 0):
                 try:
-                    replace(self, per_layer=None, **{name: v}).validate()
+                    replace(self, per_layer=None, **{k: self.per_layer[k][i] for k in names}).validate()
                 except ConfigError as e:
-                    raise ConfigError(f"model.per_layer.{name}[{i}]: {e}") from None
+                    raise ConfigError(f"model.per_layer ({', '.join(names)})[{i}]: {e}") from None
 
     def for_block(self, attn_index: int, ff_index: int) -> "ModelConfig":
         """The config one block is built from: the per-layer values of its attention sublayer

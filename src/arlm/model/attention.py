@@ -27,8 +27,9 @@ from .positional_bias import layer_pos_bias
 
 class KVCache:
     """Keys and values for every attention call, preallocated: k, v are lists of L tensors
-    (B, K, S, D) and (B, K, S, Dv), one per attention call (Dv = D unless ``value_dim``). Separate tensors (not views of one stacked tensor)
-    let a compiled step write each in place; a stacked cache compiles into a copy of the whole
+    (B, K, S, D) and (B, K, S, Dv), one per attention call (Dv: ``value_dim``, default D; multi-head
+    latent attention keeps its latents in k, K = 1, and leaves v empty, Dv = 0). Separate tensors
+    (not views of one stacked tensor) let a compiled step write each in place; a stacked cache compiles into a copy of the whole
     cache per layer per step.
 
     ``layer(i)`` gives that layer's (k, v); attention writes new keys at their slots.
@@ -46,13 +47,14 @@ class KVCache:
     def __init__(self, depth: int, batch: int, kv_heads: int, max_len: int, head_dim: int,
                  device=None, dtype=torch.float32, prefix: int = 0, shift_layers: int = 0, shift_dim: int = 0,
                  kv_prefix: int = 0, key_dim: int | None = None, running_layers: int = 0, running_dim: int = 0,
-                 value_dim: int | None = None, forget_shape: tuple[int, ...] | None = None):
+                 value_dim: int | None = None, forget_shape: tuple[int, ...] | None = None, latent: bool = False):
         shape = (batch, kv_heads, kv_prefix + prefix + max_len, head_dim)
         kshape = shape[:3] + (key_dim or head_dim,)
-        vshape = shape[:3] + (value_dim or head_dim,)
+        vshape = shape[:3] + (head_dim if value_dim is None else value_dim,)
         self.k = [torch.zeros(kshape, device=device, dtype=dtype) for _ in range(depth)]
         self.v = [torch.zeros(vshape, device=device, dtype=dtype) for _ in range(depth)]
         self.prefix, self.kv_prefix = prefix, kv_prefix
+        self.latent = latent  # k holds multi-head latent attention's latents
         self.shift = ([torch.zeros(batch, prefix + max_len, shift_dim, device=device, dtype=dtype)
                        for _ in range(shift_layers)] if shift_layers else None)
         self.running = ([torch.zeros(batch, prefix + max_len, running_dim, device=device, dtype=torch.float32)
@@ -99,6 +101,11 @@ class Attention(nn.Module):
         latent = cfg.attn_use_latent_q or cfg.attn_use_latent_kv
         self.qkv = None if latent else nn.Linear(cfg.dim, (H + K) * D + K * Dv, bias=False)
         self.latent = LatentQKV(cfg) if latent else None
+        # the cache keeps the latent (when nothing transforms keys or values on the way)
+        self.latent_cache = cfg.latent_kv_cache
+        if self.latent_cache and cfg.pos_emb == "rotary":  # queries and the decoupled key heads
+            n = cfg.attn_latent_rope_subheads
+            self.register_buffer("latent_rotary", rotary_head_mask(H, n, n), persistent=False)
         # attention on attention (Huang et al. 2019): the output projection is a GLU
         self.on_attn = cfg.attn_on_attn
         self.out = (None if cfg.attn_project_out is False
@@ -158,6 +165,8 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, K, D, Dv = self.heads, self.kv_heads, self.head_dim, self.value_dim
         mods = self._modules
+        if self.latent_cache and ctx.cache is not None and ctx.cache.latent:
+            return self._output(*self._latent_attention(x, ctx, step), x)
         if self.latent is None:
             qk, v = call(mods["qkv"], x).split(((H + K) * D, K * Dv), dim=-1)
             qk = qk.view(B, T, H + K, D)  # queries and keys side by side: norm and rotate them at once
@@ -191,15 +200,7 @@ class Attention(nn.Module):
                 v_cache[:, :, :P] = pv
             if k.dtype != k_cache.dtype:  # (a no-op .to still costs a dispatch per layer per token)
                 k, v = k.to(k_cache.dtype), v.to(v_cache.dtype)
-            if ctx.slot0 is not None:  # contiguous slots, no prefix: a slice copy
-                k_cache.narrow(2, ctx.slot0, T).copy_(k)
-                v_cache.narrow(2, ctx.slot0, T).copy_(v)
-            else:
-                k_cache.index_copy_(2, ctx.kv_slots, k)
-                v_cache.index_copy_(2, ctx.kv_slots, v)
-            if ctx.kv_end is not None:
-                k_cache, v_cache = k_cache.narrow(2, 0, ctx.kv_end), v_cache.narrow(2, 0, ctx.kv_end)
-            k, v = k_cache, v_cache
+            k, v = write_slots(k_cache, k, ctx), write_slots(v_cache, v, ctx)
             if k.dtype != q.dtype:
                 k, v = k.to(q.dtype), v.to(q.dtype)
         elif P:
@@ -212,9 +213,16 @@ class Attention(nn.Module):
             # per-head weights and ALiBi slopes line up after conversion; Llama groups h // (H/K))
             k = k[:, None].expand(B, H // K, K, S, k.shape[-1]).reshape(B, H, S, k.shape[-1])
             v = v[:, None].expand(B, H // K, K, S, Dv).reshape(B, H, S, Dv)
+        return self._output(self._kernel(q, k, v, ctx, step, x, k_kv), own_values, x)
+
+    def _kernel(self, q, k, v, ctx: Context, step: int, x, k_kv) -> torch.Tensor:
+        """q (B, H, T, D), k (B, H, S, D), v (B, H, S, Dv) -> attended values (B, H, T, Dv): fused
+        SDPA, or explicit scores when an option needs them. The layer's own position bias (from
+        x, the layer input) and a learned sink join the mask first; k_kv: the keys before
+        grouped-query expansion, for attention records."""
         mask, causal, bias = ctx.mask, ctx.causal, ctx.bias
         if self.layer_bias is not None:
-            mask, bias = self._with_layer_bias(x, ctx, step, S - P)
+            mask, bias = self._with_layer_bias(x, ctx, step, k.shape[2] - self.kv_prefix)
         if self.sink is not None:
             k, v, mask = self.sink.extend(q, k, v, mask, causal)
             causal = False
@@ -237,6 +245,13 @@ class Attention(nn.Module):
         if ctx.z_lse is not None:
             ctx.z_lse.append(attention_lse(q, k, scale=self.scale, scores=scores, mask=mask,
                                            visible=ctx.visible, causal=causal))
+        return y
+
+    def _output(self, y: torch.Tensor, values: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        """Attended values y (B, H, T, Dv) -> the branch output (B, T, C): head scale and gates,
+        orthogonal projection against the layer's own ``values`` (B, K, T, Dv), the output
+        projection and dropout. x (B, T, C) is the layer input the gates read."""
+        B, H, T, Dv = y.shape
         if self.head_scale is not None:
             y = y * self.head_scale[:, None, None].to(y.dtype)
         if self.head_gate is not None:
@@ -245,8 +260,8 @@ class Attention(nn.Module):
         if self.gated:
             y = gate_attended(y, x, H, self.value_gate, self.output_gate, self.swiglu_values)
         if self.orthog is not None:
-            y = orthogonal_values(y, own_values, H, *self.orthog)
-        out = mods.get("out")  # absent: no output projection (a plain None attribute)
+            y = orthogonal_values(y, values, H, *self.orthog)
+        out = self._modules.get("out")  # absent: no output projection (a plain None attribute)
         if out is not None:
             y = call(out, y)
             if self.on_attn:
@@ -281,6 +296,31 @@ class Attention(nn.Module):
         m = ctx.mask
         return (b.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else m + b), ctx.bias
 
+    def _latent_attention(self, x: torch.Tensor, ctx: Context, step: int):
+        """Multi-head latent attention from a cache of latents (DeepSeek-AI 2024, DeepSeek-V2): per
+        token the cache keeps the key/value latent and the decoupled rotary key heads, L + n*D
+        numbers instead of K*(D + Dv). The latent heads' key projection is absorbed into their
+        queries and the value projection applied after the kernel, so the keys and values of
+        earlier tokens are never rebuilt. Returns (attended values (B, H, T, Dv), own values)."""
+        B, T, _ = x.shape
+        lat = self.latent
+        q, c, kr = lat.parts(x)  # (B, T, H, D), (B, T, L), (B, T, n, D) | None
+        if ctx.rope is not None:  # only the decoupled heads rotate (config.latent_kv_cache)
+            H = self.heads
+            qk = apply_rotary(torch.cat((q, kr), dim=2), *partial_head_tables(*ctx.rope, self.latent_rotary, H))
+            q, kr = qk[:, :, :H], qk[:, :, H:]
+        row = c if kr is None else torch.cat((c, kr.flatten(2)), dim=-1)  # (B, T, L + n*D)
+        buf = ctx.kv(step)[0]  # (B, 1, slots, L + n*D)
+        if row.dtype != buf.dtype:
+            row = row.to(buf.dtype)
+        cached = write_slots(buf, row[:, None], ctx)
+        if cached.dtype != q.dtype:
+            cached = cached.to(q.dtype)
+        q, k, v = lat.absorbed(q.transpose(1, 2), cached)
+        y = self._kernel(q, k, v, ctx, step, x, k)  # (B, H, T, L)
+        values = lat.v(c).view(B, T, self.kv_heads, -1).transpose(1, 2) if self.orthog is not None else None
+        return lat.values_out(y), values
+
     def _mix_values(self, x, v, ctx: Context, step: int) -> torch.Tensor:
         """The first attention call stores its values; later calls interpolate towards them with a
         per-token, per-KV-head weight (0.5 for a weight-tied first layer that has no mixer)."""
@@ -306,3 +346,13 @@ class Attention(nn.Module):
             vs.append(self.mem_v.to(dtype)[None].expand(B, -1, -1, -1))
         return torch.cat(ks, dim=2), torch.cat(vs, dim=2)
 
+
+
+def write_slots(buf: torch.Tensor, new: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """Write new rows (B, N, T, F) into the cache tensor buf (B, N, slots, F) at this step's slots;
+    return the slots attention reads (all of them, or the first ``ctx.kv_end``)."""
+    if ctx.slot0 is not None:  # contiguous slots, no prefix: a slice copy
+        buf.narrow(2, ctx.slot0, new.shape[2]).copy_(new)
+    else:
+        buf.index_copy_(2, ctx.kv_slots, new)
+    return buf.narrow(2, 0, ctx.kv_end) if ctx.kv_end is not None else buf

@@ -161,14 +161,51 @@ class LatentQKV(nn.Module):
         self.k = nn.Linear(kv_in, (K - n) * D, bias=False)
         self.v = nn.Linear(kv_in, K * Dv, bias=False)
         self.rope_k = nn.Linear(cfg.dim, n * D, bias=False) if n else None
+        self.n_rope = n
+        # the KV head each query head reads (h % K), for the absorbed projections
+        self.register_buffer("kv_index", torch.arange(H) % K, persistent=False)
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x (B, T, C) -> queries (B, T, H, D), the key/value latent (B, T, L) and the decoupled
+        key heads (B, T, n, D) or None."""
+        B, T, _ = x.shape
+        H, K, D = self.shape
+        q = self.q(self.latent_q(x) if self.latent_q is not None else x).view(B, T, H, D)
+        c = self.latent_kv(x) if self.latent_kv is not None else x
+        kr = self.rope_k(x).view(B, T, self.n_rope, D) if self.rope_k is not None else None
+        return q, c, kr
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, C) -> queries and keys (B, T, H + K, D) side by side, values (B, T, K*Dv)."""
         B, T, _ = x.shape
         H, K, D = self.shape
-        q = self.q(self.latent_q(x) if self.latent_q is not None else x)
-        c = self.latent_kv(x) if self.latent_kv is not None else x  # (B, T, latent): what MLA caches
-        parts = [q, self.k(c)]
-        if self.rope_k is not None:
-            parts.append(self.rope_k(x))
-        return torch.cat(parts, dim=-1).view(B, T, H + K, D), self.v(c)
+        q, c, kr = self.parts(x)
+        parts = [q, self.k(c).view(B, T, K - self.n_rope, D)] + ([kr] if kr is not None else [])
+        return torch.cat(parts, dim=2), self.v(c)
+
+    def absorbed(self, q: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (B, H, T, D) and the cached rows (B, 1, S, L + n*D) -> kernel inputs whose dot
+        products are the attention logits: latent heads h score q_h . W_k c = (W_k^T q_h) . c, the
+        decoupled heads score their own rotated keys; zero padding keeps the two kinds apart in one
+        kernel call. Values are the latent itself (``values_out`` projects them). Shapes (B, H, T, E),
+        (B, H, S, E), (B, H, S, L) with E = L, or L + D with decoupled heads."""
+        H, K, D = self.shape
+        n, L = self.n_rope, self.v.in_features
+        B, _, S, _ = cache.shape
+        c = cache[..., :L]  # (B, 1, S, L)
+        w_k = self.k.weight.unflatten(0, (K - n, D))[self.kv_index[:H - n]]  # (H - n, D, L)
+        q_lat = torch.einsum("bhtd,hdl->bhtl", q[:, :H - n], w_k)
+        v = c.expand(B, H, S, L)
+        if not n:
+            return q_lat, v, v
+        kr = cache[:, 0, :, L:].unflatten(-1, (n, D)).transpose(1, 2)  # (B, n, S, D)
+        q = torch.cat((F.pad(q_lat, (0, D)), F.pad(q[:, H - n:], (L, 0))), dim=1)
+        k = torch.cat((F.pad(c, (0, D)).expand(B, H - n, S, L + D), F.pad(kr, (L, 0))), dim=1)
+        return q, k, v
+
+    def values_out(self, y: torch.Tensor) -> torch.Tensor:
+        """Attended latents (B, H, T, L) -> attended values (B, H, T, Dv), through each head's
+        value projection."""
+        K = self.shape[1]
+        w_v = self.v.weight.unflatten(0, (K, -1))[self.kv_index]  # (H, Dv, L)
+        return torch.einsum("bhtl,hvl->bhtv", y, w_v)

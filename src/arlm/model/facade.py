@@ -490,8 +490,10 @@ class Decoder:
                 one.dim, one.depth, one.per_layer = self.dim, self.depth, {}
                 one.kwargs = {**self.kwargs, **{k: _DECODER_KWARGS[k][1](self.per_layer[k][i]) for k in keys}}
                 layers.append(one.model_fields())
-            for field in layers[0]:
-                values = [f[field] for f in layers]
+            defaults = {name: f.default for name, f in ModelConfig.__dataclass_fields__.items()}
+            # a field a sublayer leaves unset (a None keyword) takes ModelConfig's default there
+            for field in dict.fromkeys(k for f in layers for k in f):
+                values = [f.get(field, defaults.get(field)) for f in layers]
                 if any(v != values[0] for v in values):
                     if field not in PER_LAYER_FIELDS[kind]:
                         raise TypeError(f"{', '.join(keys)} given per layer would vary {field}, which arlm builds once "

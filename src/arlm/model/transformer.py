@@ -230,12 +230,15 @@ class Transformer(nn.Module):
         if max_len > cfg.max_seq_len:
             raise ValueError(f"cache length {max_len} exceeds the model context max_seq_len={cfg.max_seq_len}")
         s = cfg.shift_tokens
-        return KVCache(cfg.n_attn_calls, batch_size, cfg.n_kv_heads, max_len, cfg.head_dim,
+        heads, key_dim, value_dim = cfg.n_kv_heads, cfg.head_dim * (2 if self.polar is not None else 1), cfg.value_head_dim
+        if cfg.latent_kv_cache:  # multi-head latent attention: one latent row per token, no values
+            heads, key_dim, value_dim = 1, cfg.latent_cache_dim, 0
+        return KVCache(cfg.n_attn_calls, batch_size, heads, max_len, cfg.head_dim,
                        device=device or p.device, dtype=dtype or p.dtype, prefix=self.num_memory_tokens,
                        shift_layers=self.n_branches if s else 0, shift_dim=s * (cfg.dim // (s + 1)),
                        running_layers=self.n_branches if cfg.mv_split_residual else 0, running_dim=2 * cfg.dim + 1,
-                       kv_prefix=self.kv_prefix, key_dim=cfg.head_dim * (2 if self.polar is not None else 1),
-                       value_dim=cfg.value_head_dim, forget_shape=forget_state_shape(cfg, self.num_memory_tokens + max_len))
+                       kv_prefix=self.kv_prefix, key_dim=key_dim, value_dim=value_dim, latent=cfg.latent_kv_cache,
+                       forget_shape=forget_state_shape(cfg, self.num_memory_tokens + max_len))
 
     def forward(self, ids: torch.Tensor, input_pos: torch.Tensor | int | None = None,
                 cache: KVCache | None = None, start: torch.Tensor | None = None,
