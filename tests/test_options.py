@@ -117,6 +117,15 @@ POSITIONS: dict[str, tuple[dict, dict, bool]] = {
                            "attn_rel_proj_max_dist": 8}, {}, True),
     "rel_proj_alibi_memory": ({"attn_use_rel_proj_pos_bias": True, "alibi_pos_bias": True, "rotary_pos_emb": True,
                                "attn_rel_proj_max_dist": 30}, {"num_memory_tokens": 1}, True),
+    "attn_use_cope": ({"attn_use_cope": True}, {}, True),
+    "cope_talking_heads_small_max_pos": ({"attn_use_cope": True, "attn_cope_max_pos": 4, "attn_cope_talking_heads": True},
+                                         {}, True),
+    "cope_gqa_memory_tokens": ({"attn_use_cope": True, "heads": 4, "attn_kv_heads": 2}, {"num_memory_tokens": 1}, True),
+    "cope_residual_mem_kv": ({"attn_use_cope": True, "attn_cope_max_pos": 4, "residual_attn": True,
+                              "attn_num_mem_kv": 2}, {}, True),
+    # x-transformers' soft one-hot fails on its own shapes: no twin
+    "cope_soft_onehot_window": ({"attn_use_cope": True, "attn_cope_soft_onehot_pos": True, "attn_max_attend_past": 4,
+                                 "attn_cope_talking_heads": True}, {"num_memory_tokens": 1}, False),
     # (positions: new options go here)
 }
 

@@ -89,6 +89,10 @@ class ModelConfig:
     rel_proj_pos_bias: bool = False  # query-dependent mix of learned distance curves
     rel_proj_num_distance_basis: int = 16
     rel_proj_max_dist: int = 1024
+    cope: bool = False  # contextual position encoding
+    cope_max_pos: int = 16
+    cope_soft_onehot_pos: bool = False
+    cope_talking_heads: bool = False
     # (positions: new options go here)
 
     # --- norms (model/norms.py) ---
@@ -341,7 +345,7 @@ class ModelConfig:
     def needs_scores(self) -> bool:
         """Options that need the attention scores themselves, so fused SDPA cannot run them."""
         return (self.attn_softclamp_logits or self.attn_pre_talking_heads or self.attn_post_talking_heads
-                or self.attn_sparse_topk is not None or self.residual_attn)
+                or self.attn_sparse_topk is not None or self.residual_attn or self.cope)
 
     def validate(self) -> None:
         _positive(self, "vocab_size", "max_seq_len", "dim", "depth", "heads", "vocab_pad_multiple")
@@ -513,6 +517,16 @@ class ModelConfig:
             if self.data_dependent_alibi:
                 raise ConfigError("model.rel_proj_pos_bias and model.data_dependent_alibi: choose one per-layer "
                                   "position bias")
+        if self.cope:
+            if self.cope_max_pos < 2:
+                raise ConfigError(f"model.cope_max_pos must be an integer >= 2, got {self.cope_max_pos!r}")
+            if self.pos_emb == "polar":
+                raise ConfigError("model.cope cannot be combined with model.pos_emb=polar: CoPE's position "
+                                  "embeddings have the head size, polar queries twice that")
+        else:
+            for name in ("cope_soft_onehot_pos", "cope_talking_heads"):
+                if getattr(self, name):
+                    raise ConfigError(f"model.{name} needs model.cope=true")
 
     def _validate_norms(self) -> None:
         pass

@@ -44,6 +44,7 @@ _ATTN = {
     "rel_proj_pos_bias.to_distance_weights.0.weight": "layer_bias.to_weights.weight",
     "rel_proj_pos_bias.to_distance_weights.0.bias": "layer_bias.to_weights.bias",
     "rel_proj_pos_bias.distance_bank": "layer_bias.distance_bank",
+    "attend.cope.pos_emb": "cope.pos_emb",
 }
 
 
@@ -202,6 +203,11 @@ def _layer_param(model, j: int, slot: int, rest: str, value, offset: float, put,
             return True
         if rest == "head_scale_params":
             put(f"{prefix}.attn.head_scale", value.reshape(-1))  # (1, H, 1, 1) -> (H,)
+            return True
+        if rest == "attend.cope.positions":  # derived: CoPE's soft one-hot grid
+            return True
+        if rest == "attend.cope.talking_heads.weight":
+            put(f"{prefix}.attn.cope.talking_heads", value[:, :, 0, 0])
             return True
         m = re.match(r"^attend\.(pre|post)_softmax_talking_heads\.weight$", rest)
         if m:  # a 1x1 Conv2d over heads is an (H, H) matrix

@@ -24,7 +24,7 @@ def fused_attention(q, k, v, mask, causal: bool, scale: float, dropout: float) -
 def explicit_attention(q, k, v, *, scale: float, visible: torch.Tensor, bias: torch.Tensor | None,
                        prev_scores: torch.Tensor | None, pre_talking: torch.Tensor | None,
                        post_talking: torch.Tensor | None, softclamp: float | None, topk: int | None,
-                       dropout: float, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                       dropout: float, training: bool, cope=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention with the scores in hand. Returns (out (B, H, T, D), scores (B, H, T, S)),
     the pre-mask scores for residual attention. The order follows x-transformers: scale, add the
     previous layer's scores, pre-softmax talking heads, position bias, soft-clamp, mask, top-k."""
@@ -43,6 +43,11 @@ def explicit_attention(q, k, v, *, scale: float, visible: torch.Tensor, bias: to
         s = torch.tanh(s / softclamp) * softclamp
     scores = s
     s = s.masked_fill(~visible, float("-inf"))
+    if cope is not None:
+        # contextual positions count the visible keys from the masked scores (positional_bias.py);
+        # the gain is part of the scores residual attention passes on, as x-transformers
+        gain = cope(q, s, visible)
+        s, scores = s + gain, scores + gain
     if topk is not None and topk < s.shape[-1]:
         # explicit sparse attention (Zhao et al. 2019): keep the k largest visible scores per query
         kth = s.topk(topk, dim=-1).values[..., -1:]

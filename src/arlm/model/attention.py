@@ -22,7 +22,7 @@ from .attention_variants import HeadGate, LatentQKV, LearnedSink, gate_attended,
 from .calls import call
 from .context import Context
 from .positional import apply_polar, apply_rotary, partial_head_tables, rotary_head_mask
-from .positional_bias import layer_pos_bias
+from .positional_bias import ContextualPositions, layer_pos_bias
 
 
 class KVCache:
@@ -160,6 +160,9 @@ class Attention(nn.Module):
         self.key_dim = 2 * D if self.polar else D
         # a position bias of this layer's own (forgetting transformer, distance basis), or None
         self.layer_bias = layer_pos_bias(cfg)
+        # contextual positions (CoPE), counted from this layer's scores on the explicit path
+        self.cope = (ContextualPositions(D, H, cfg.cope_max_pos, cfg.cope_soft_onehot_pos, cfg.cope_talking_heads)
+                     if cfg.cope else None)
 
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
@@ -233,7 +236,7 @@ class Attention(nn.Module):
             y, scores = explicit_attention(
                 q, k, v, scale=self.scale, visible=ctx.visible, bias=bias, prev_scores=prev,
                 pre_talking=self.pre_talking_heads, post_talking=self.post_talking_heads, softclamp=self.softclamp,
-                topk=self.topk, dropout=self.dropout, training=self.training)
+                topk=self.topk, dropout=self.dropout, training=self.training, cope=self.cope)
             if self.residual_attn:
                 ctx.scores[step] = scores
         else:

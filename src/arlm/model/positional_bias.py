@@ -1,6 +1,6 @@
 """Position biases that each attention layer computes from its own input: the forgetting
-transformer's data-dependent ALiBi (per token, or per query-key pair) and a learned basis of
-distance curves mixed per query.
+transformer's data-dependent ALiBi (per token, or per query-key pair), a learned basis of
+distance curves mixed per query, and contextual positions (CoPE), which count from the scores.
 
 Dims: B batch, T query rows, S key slots (internal rows: memory tokens first, no memory/zero
 key-value columns), H heads, C model dim. Every module maps (x (B, T, C), ctx, step, S) to an
@@ -105,6 +105,51 @@ class DistanceBasisBias(nn.Module):
         dist = ctx.dist  # (B|1, T, S) query position - key position
         bias = curves.gather(-1, dist.clamp(0, self.max_dist - 1)[:, None].expand(B, self.heads, T, S))
         return bias.masked_fill(((dist < 0) | (dist >= self.max_dist))[:, None], 0.0)
+
+
+class ContextualPositions(nn.Module):
+    """CoPE (Golovneva et al. 2024, "Contextual Position Encoding: Learning to Count What's
+    Important"): a key's position is counted by the context, p_ij = sum_{l >= j} sigmoid(s_il)
+    over the keys query i sees (clamped to max_pos - 1), and the logit gains q_i . e(p_ij), with
+    e interpolated between the two integer positions around p_ij (or, with ``soft_onehot``, a
+    softmax over positions at temperature 0.05). Hidden keys count 0, so cached decoding,
+    left padding and windows count exactly the keys the query attends to. ``talking_heads``
+    mixes the heads' scores (an (H, H) matrix) before counting.
+
+    Used on the explicit-score path: ``forward(q, s, visible)`` takes the masked scores."""
+
+    def __init__(self, head_dim: int, heads: int, max_pos: int, soft_onehot: bool = False,
+                 talking_heads: bool = False, temperature: float = 5e-2):
+        super().__init__()
+        self.max_pos, self.soft_onehot, self.temperature = max_pos, soft_onehot, temperature
+        self.pos_emb = nn.Parameter(torch.zeros(max_pos, head_dim))  # zero init, as x-transformers
+        self.talking_heads = nn.Parameter(torch.empty(heads, heads)) if talking_heads else None
+
+    @torch.no_grad()
+    def init_option_(self, generator=None) -> None:
+        self.pos_emb.zero_()
+        if self.talking_heads is not None:  # a 1x1 convolution's default init, as x-transformers
+            bound = self.talking_heads.shape[1] ** -0.5
+            self.talking_heads.uniform_(-bound, bound, generator=generator)
+
+    def forward(self, q: torch.Tensor, s: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """q (B, H, T, D), s (B, H, T, S) with -inf where hidden, visible (B|1, 1, T, S) ->
+        the logit gain (B, H, T, S)."""
+        if self.talking_heads is not None:
+            s = torch.einsum("gh,bhts->bgts", self.talking_heads, s.masked_fill(~visible, 0.0))
+            s = s.masked_fill(~visible, float("-inf"))
+        gates = torch.sigmoid(s.float())  # 0 on hidden keys
+        pos = gates.flip(-1).cumsum(dim=-1).flip(-1).clamp(max=self.max_pos - 1)  # (B, H, T, S)
+        gain = torch.matmul(q.float(), self.pos_emb.float().t())  # (B, H, T, max_pos)
+        if self.soft_onehot:
+            grid = torch.arange(self.max_pos, device=q.device, dtype=pos.dtype)
+            w = torch.softmax(-(pos[..., None] - grid).abs() / self.temperature, dim=-1)  # (B, H, T, S, max_pos)
+            out = torch.einsum("bhtsp,bhtp->bhts", w, gain)
+        else:
+            lo = pos.floor()
+            frac = pos - lo
+            out = gain.gather(-1, pos.ceil().long()) * frac + gain.gather(-1, lo.long()) * (1 - frac)
+        return out.to(s.dtype)
 
 
 def layer_pos_bias(cfg: ModelConfig) -> nn.Module | None:
