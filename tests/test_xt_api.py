@@ -315,11 +315,15 @@ def test_qk_clip_with_grouped_kv_heads_scales_each_head_by_its_own_factor():
         _, inter = ours(x, return_intermediates=True)
         before = torch.stack([a.logit_max() for a in inter.attn_intermediates])
         tau = float(before.median())
+        rows = torch.stack([blk.attn.qkv.weight[:6 * 16].norm(dim=1) for blk in ours.blocks])  # q, k rows
         ours.attn_qk_clip_(inter, tau=tau)
         _, after = ours(x, return_intermediates=True)
         got = torch.stack([a.logit_max() for a in after.attn_intermediates])
+        rows_after = torch.stack([blk.attn.qkv.weight[:6 * 16].norm(dim=1) for blk in ours.blocks])
     # the first layer's inputs are unchanged, so its heads' peaks are exactly min(peak, tau)
     close(got[0], before[0].clamp(max=tau), atol=1e-4)
+    # shared key heads take their group's mildest factor: no query or key row grows
+    assert (rows_after <= rows * (1 + 1e-6)).all() and (rows_after < rows * 0.999).any()
 
 
 # ---------------------------------------------------------------- AutoregressiveWrapper and beam search

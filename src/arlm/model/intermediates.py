@@ -132,8 +132,8 @@ def qk_clip_(model, intermediates: LayerIntermediates, tau: float = 100.0) -> No
     attention logit of head h, m_h, exceeded ``tau``, scale that head's query and key projection
     rows so its logits shrink by gamma_h = tau / m_h (sqrt(gamma_h) on each side, as
     x-transformers). Grouped key/value heads serve several query heads, so the key rows take
-    sqrt of the smallest gamma of their group and each query head the rest of its own gamma:
-    every head's logits still scale by exactly its gamma_h."""
+    sqrt of the largest gamma of their group and each query head the rest of its own gamma:
+    every head's logits still scale by exactly its gamma_h, and no weight grows."""
     if model.cfg.qk_norm:
         raise ValueError("QK-clip rescales the query/key projections, which qk-norm (attn_qk_norm) normalises away")
     if tau <= 0:
@@ -152,7 +152,7 @@ def qk_clip_(model, intermediates: LayerIntermediates, tau: float = 100.0) -> No
             raise ValueError("QK-clip needs separate query/key projections; latent (multi-latent) attention has none")
         H, K, D = attn.heads, attn.kv_heads, attn.head_dim
         gamma = torch.where(m > tau, tau / m, torch.ones_like(m))  # (H,); heads under tau keep 1
-        key = gamma.view(H // K, K).amin(dim=0).sqrt()  # (K,) query head h reads key head h % K
+        key = gamma.view(H // K, K).amax(dim=0).sqrt()  # (K,) query head h reads key head h % K
         query = gamma / key.repeat(H // K)  # (H,)
         w = attn.qkv.weight  # rows: H*D queries, K*D keys, then the values
         w[: H * D].mul_(query.repeat_interleave(D)[:, None].to(w.dtype))
