@@ -130,6 +130,31 @@ POSITIONS: dict[str, tuple[dict, dict, bool]] = {
 }
 
 NORMS: dict[str, tuple[dict, dict, bool]] = {
+    "pre_and_post_norm": ({"pre_and_post_norm": True}, {}, True),
+    "pre_and_post_norm_sandwich_rmsnorm": ({"pre_and_post_norm": True, "sandwich_norm": True, "use_rmsnorm": True},
+                                           {}, True),
+    "pre_and_post_norm_post_norm": ({"pre_and_post_norm": True, "pre_norm": False}, {}, True),
+    "no_final_norm": ({"pre_norm_has_final_norm": False}, {}, True),
+    "norm_add_unit_offset_off": ({"norm_add_unit_offset": False, "use_scalenorm": True, "use_layerscale": True,
+                                  "layerscale_init_value": 0.1}, {}, True),
+    "use_layerscale": ({"use_layerscale": True}, {}, True),
+    "layerscale_macaron_sandwich": ({"use_layerscale": True, "layerscale_init_value": 0.1, "macaron": True,
+                                     "sandwich_norm": True}, {}, True),
+    "use_dynamic_tanh": ({"use_dynamic_tanh": True, "dynamic_tanh_init_alpha": 0.5}, {}, True),
+    "dynamic_tanh_unit_offset_off": ({"use_dynamic_tanh": True, "dynamic_tanh_init_alpha": 2.0,
+                                      "norm_add_unit_offset": False}, {}, True),
+    "use_derf": ({"use_derf": True}, {}, True),
+    "derf_unit_offset_off": ({"use_derf": True, "norm_add_unit_offset": False, "pre_and_post_norm": True}, {}, True),
+    "attn_qk_norm_groups": ({"attn_qk_norm": True, "attn_qk_norm_groups": 4}, {}, True),
+    "attn_qk_norm_dim_scale": ({"attn_qk_norm": True, "attn_qk_norm_dim_scale": True}, {}, True),
+    "attn_qk_norm_dim_scale_gqa_memkv": ({"heads": 4, "attn_kv_heads": 2, "attn_qk_norm": True, "attn_qk_norm_groups": 2,
+                                          "attn_qk_norm_dim_scale": True, "attn_num_mem_kv": 2}, {}, True),
+    "attn_qk_rmsnorm": ({"attn_qk_rmsnorm": True}, {}, True),
+    "attn_qk_rmsnorm_gqa_memkv_rotary": ({"heads": 4, "attn_kv_heads": 2, "attn_qk_rmsnorm": True, "attn_num_mem_kv": 2,
+                                          "rotary_pos_emb": True}, {}, True),
+    "attn_k_rmsnorm": ({"attn_k_rmsnorm": True, "attn_qk_norm": True, "attn_num_mem_kv": 1}, {}, True),
+    "attn_value_rmsnorm": ({"attn_value_rmsnorm": True, "attn_num_mem_kv": 2, "add_value_residual": True}, {}, True),
+    "attn_value_rmsnorm_gqa": ({"heads": 4, "attn_kv_heads": 2, "attn_value_rmsnorm": True}, {}, False),  # x-transformers fails on it
     # (norms: new options go here)
 }
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields, replace
 
 from .checks import ConfigError, _choice, _positive
 
-NORMS = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm")
+NORMS = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm", "dynamic_tanh", "derf")
 POS_EMBS = ("absolute", "rotary", "polar", "scaled_sinusoidal", "none")
 TOKEN_POS_EMBS = ("absolute", "scaled_sinusoidal", "none")
 POS_BIASES = ("none", "alibi", "t5", "dynamic")
@@ -103,6 +103,19 @@ class ModelConfig:
     sandwich_norm: bool = False
     l2norm_embed: bool = False
     post_emb_norm: bool = False
+    pre_and_post_norm: bool = False  # pre-norm branches plus a norm after every residual sum; no final norm
+    pre_norm_has_final_norm: bool = True
+    # x-transformers stores norm gains as gain - 1; arlm always stores the gain. Norm gains are
+    # never weight-decayed here, so this is a pure parametrisation: recorded for weight conversion only
+    norm_add_unit_offset: bool = True
+    dynamic_tanh_init_alpha: float = 1.0  # norm=dynamic_tanh
+    layerscale: bool = False
+    layerscale_init_value: float = 0.0
+    qk_norm_groups: int = 1
+    qk_norm_dim_scale: bool = False  # learned per-dimension query/key gains; the temperature becomes dim_head**-0.5
+    qk_rmsnorm: bool = False  # RMSNorm with per-head gains on queries and keys
+    k_rmsnorm: bool = False  # the same on keys only
+    value_rmsnorm: bool = False  # RMSNorm with per-head gains on values
     # (norms: new options go here)
 
     # --- residual and layer structure (model/block.py, model/residual.py) ---
@@ -529,7 +542,22 @@ class ModelConfig:
                     raise ConfigError(f"model.{name} needs model.cope=true")
 
     def _validate_norms(self) -> None:
-        pass
+        if self.qk_rmsnorm and self.k_rmsnorm:
+            raise ConfigError("choose one of model.qk_rmsnorm and model.k_rmsnorm (qk_rmsnorm already normalises keys)")
+        if not (isinstance(self.qk_norm_groups, int) and not isinstance(self.qk_norm_groups, bool)
+                and self.qk_norm_groups >= 1):
+            raise ConfigError(f"model.qk_norm_groups must be an integer >= 1, got {self.qk_norm_groups!r}")
+        if not self.qk_norm:
+            for name, default in (("qk_norm_groups", 1), ("qk_norm_dim_scale", False)):
+                if getattr(self, name) != default:
+                    raise ConfigError(f"model.{name} needs model.qk_norm=true")
+        elif self.head_dim % self.qk_norm_groups or self.head_dim // self.qk_norm_groups <= 2:
+            raise ConfigError(f"model.qk_norm_groups={self.qk_norm_groups} must divide the head size "
+                              f"{self.head_dim} into groups of more than 2 features")
+        if self.dynamic_tanh_init_alpha != 1.0 and self.norm != "dynamic_tanh":
+            raise ConfigError("model.dynamic_tanh_init_alpha needs model.norm=dynamic_tanh")
+        if self.layerscale_init_value != 0.0 and not self.layerscale:
+            raise ConfigError("model.layerscale_init_value needs model.layerscale=true")
 
     def _validate_residual(self) -> None:
         if self.layers_execute_order is not None:

@@ -2,9 +2,10 @@
 
 ``convert_state_dict(xt.state_dict(), model)`` maps an x-transformers ``TransformerWrapper`` (built
 with a ``Decoder`` and the same keyword arguments as the arlm ``model``) to arlm's parameter
-names: to_q/to_k/to_v are stacked into the fused ``qkv``, GLU/MLP layers become
-``proj_in``/``proj_out``, norm gains lose x-transformers' unit offset (it stores gain - 1), and
-the vocabulary rows are padded when ``vocab_pad_multiple`` asks for it. Every source key must be
+names: to_q/to_k/to_v are stacked into the fused ``qkv`` (and per-head query/key norm gains
+likewise), GLU/MLP layers become ``proj_in``/``proj_out``, norm and LayerScale gains lose
+x-transformers' unit offset (with ``norm_add_unit_offset`` it stores gain - 1), and the vocabulary
+rows are padded when ``vocab_pad_multiple`` asks for it. Every source key must be
 used and every arlm key filled, or a ``ValueError`` names what is left over.
 """
 
@@ -48,15 +49,19 @@ _ATTN = {
 }
 
 
-def convert_state_dict(state_dict: dict[str, torch.Tensor], model, *, norm_unit_offset: bool = True) -> dict[str, torch.Tensor]:
+def convert_state_dict(state_dict: dict[str, torch.Tensor], model, *,
+                       norm_unit_offset: bool | None = None) -> dict[str, torch.Tensor]:
     """Return ``model``'s state dict filled from an x-transformers ``TransformerWrapper`` state dict.
 
     ``norm_unit_offset``: x-transformers' ``norm_add_unit_offset`` (True by default there), under
-    which the layer norms store gain - 1.
+    which norm and LayerScale gains are stored minus their unit offset; None takes what the arlm
+    model's config records (``model.cfg.norm_add_unit_offset``, set from the same keyword).
     """
     cfg = model.cfg
-    offset = 1.0 if norm_unit_offset else 0.0
+    unit = cfg.norm_add_unit_offset if norm_unit_offset is None else norm_unit_offset
+    offset = 1.0 if unit else 0.0
     out: dict[str, torch.Tensor] = {}
+    # arlm tensor name -> {part: tensor}: per-head x-transformers tensors stacked in q, k, v order
     qkv: dict[str, dict[str, torch.Tensor]] = {}
     unused = []
 
@@ -80,10 +85,10 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], model, *, norm_unit_
         else:
             put(*name)
 
-    for prefix, parts in qkv.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise ValueError(f"attention at {prefix!r} is missing {sorted({'q', 'k', 'v'} - set(parts))} projections")
-        put(f"{prefix}.qkv.weight", torch.cat((parts["q"], parts["k"], parts["v"]), dim=0))
+    for name, parts in qkv.items():
+        if name.endswith(".qkv.weight") and set(parts) != {"q", "k", "v"}:
+            raise ValueError(f"attention at {name!r} is missing {sorted({'q', 'k', 'v'} - set(parts))} projections")
+        put(name, torch.cat([parts[p] for p in "qkv" if p in parts], dim=0))
 
     target = model.state_dict()
     for name, t in target.items():
@@ -114,6 +119,22 @@ def _pad_vocab(value: torch.Tensor, cfg) -> torch.Tensor:
     return torch.cat((value, value.new_zeros(pad, value.shape[1]))) if pad > 0 else value
 
 
+def _norm_param(module: str, name: str, value: torch.Tensor, cfg, offset: float):
+    """One tensor of an x-transformers norm -> (arlm name, tensor) or None. Gains (and DynamicTanh's
+    and Derf's alpha) carry the unit offset; DynamicTanh's alpha is offset by its init value."""
+    if name in ("gamma", "g"):
+        return f"{module}.weight", value + offset
+    if name == "beta":
+        return f"{module}.bias", value
+    if name == "pre_tanh_scale":  # DynamicTanh
+        return f"{module}.alpha", value + offset * cfg.dynamic_tanh_init_alpha
+    if name == "alpha":  # Derf
+        return f"{module}.alpha", value + offset
+    if name == "s":  # Derf
+        return f"{module}.shift", value
+    return None
+
+
 def _top_level(key: str, value: torch.Tensor, cfg, offset: float):
     """Embeddings, final norm, position bias and head -> (arlm name, tensor) or None."""
     if cfg.custom_token_emb and key.startswith("token_emb."):
@@ -136,8 +157,8 @@ def _top_level(key: str, value: torch.Tensor, cfg, offset: float):
         return key, value
     if key == "post_emb_norm.gamma":  # plain LayerNorm there, no unit offset
         return "post_emb_norm.weight", value
-    if key in ("attn_layers.final_norm.gamma", "attn_layers.final_norm.g"):
-        return "norm.weight", value + offset
+    if key.startswith("attn_layers.final_norm."):
+        return _norm_param("norm", key.rsplit(".", 1)[1], value, cfg, offset)
     if key == "attn_layers.polar_pos_emb.learned_bias":  # (H, 1, D) -> (H, D)
         return "polar.learned_bias", value[:, 0]
     if key == "attn_layers.rel_pos.relative_attention_bias.weight":
@@ -168,12 +189,17 @@ def _layer_param(model, j: int, slot: int, rest: str, value, offset: float, put,
     block, kind = model.layer_map[j]
     prefix = f"blocks.{block}"
     if slot == 0:
-        m = re.match(r"^(\d)\.(gamma|g)$", rest)
+        m = re.match(r"^(\d)\.(\w+)$", rest)
         if not m:
             return False
-        # 0: pre-branch norm, 2: post-norm (pre_norm=False) -- arlm keeps either as {kind}_norm
-        which = {"0": f"{kind}_norm", "1": f"{kind}_post_norm", "2": f"{kind}_norm"}[m.group(1)]
-        put(f"{prefix}.{which}.weight", value + offset)
+        # 0: pre-branch norm, 1: sandwich norm, 2: norm after the residual sum -- arlm's {kind}_norm
+        # in a post-norm stack, {kind}_residual_norm with pre_and_post_norm
+        after = f"{kind}_residual_norm" if model.cfg.pre_norm else f"{kind}_norm"
+        which = {"0": f"{kind}_norm", "1": f"{kind}_post_norm", "2": after}[m.group(1)]
+        name = _norm_param(f"{prefix}.{which}", m.group(2), value, model.cfg, offset)
+        if name is None:
+            return False
+        put(*name)
         return True
     if slot == 2:
         if rest == "residual_scale":
@@ -187,7 +213,10 @@ def _layer_param(model, j: int, slot: int, rest: str, value, offset: float, put,
             put(f"{prefix}.{kind}_gate.{m.group(1)}", value)
             return True
         return False
-    while rest.startswith("fn."):  # ShiftTokens / Scale (macaron) wrappers
+    if rest == "gamma":  # LayerScale wraps the branch
+        put(f"{prefix}.{kind}_layerscale.gain", value + offset)
+        return True
+    while rest.startswith("fn."):  # LayerScale / ShiftTokens / Scale (macaron) wrappers
         rest = rest[3:]
     if kind == "attn":
         m = re.match(r"^to_([qkv])\.weight$", rest)
@@ -195,11 +224,17 @@ def _layer_param(model, j: int, slot: int, rest: str, value, offset: float, put,
             put(f"{prefix}.attn.latent.{m.group(1)}.weight", value)
             return True
         if m:
-            qkv.setdefault(f"{prefix}.attn", {})[m.group(1)] = value
+            qkv.setdefault(f"{prefix}.attn.qkv.weight", {})[m.group(1)] = value
             return True
         if rest in _ATTN:
             gates = "to_qk" if model.cfg.data_dependent_alibi_per_row else "to_gates"  # per-row: small q and k
             put(f"{prefix}.attn.{_ATTN[rest].format(gates=gates)}", value)
+            return True
+        m = re.match(r"^(?:qk_norm_([qk])_scale|([qk])_rmsnorm\.gamma|value_rmsnorm\.gamma)$", rest)
+        if m:  # per-head gains (N, 1, D), stacked flat in q, k order (MultiheadRMSNorm always stores gain - 1)
+            part = m.group(1) or m.group(2) or "v"
+            module = "qk_norm" if m.group(1) else "value_rmsnorm" if part == "v" else "qk_rmsnorm"
+            qkv.setdefault(f"{prefix}.attn.{module}.gain", {})[part] = value.reshape(-1) + (0.0 if m.group(1) else 1.0)
             return True
         if rest == "head_scale_params":
             put(f"{prefix}.attn.head_scale", value.reshape(-1))  # (1, H, 1, 1) -> (H,)

@@ -21,6 +21,7 @@ from .attend import AttnRecord, attention_lse, explicit_attention, fused_attenti
 from .attention_variants import HeadGate, LatentQKV, LearnedSink, gate_attended, gate_projection, orthogonal_values
 from .calls import call
 from .context import Context
+from .norms import HeadRMSNorm, QKNorm
 from .positional import apply_polar, apply_rotary, partial_head_tables, rotary_head_mask
 from .positional_bias import ContextualPositions, layer_pos_bias
 
@@ -113,9 +114,15 @@ class Attention(nn.Module):
         self.zero_init_output, self.out_depth = cfg.attn_zero_init_output, cfg.attn_output_proj_depth
         self.sublayer_dropout = cfg.attn_sublayer_dropout
         self.dropout = cfg.attn_dropout
-        self.qk_norm = cfg.qk_norm
-        # qk-norm (Henry et al. 2020): cosine-similarity attention with a fixed temperature
-        self.scale = cfg.qk_norm_scale if cfg.qk_norm else D**-0.5
+        # qk-norm (Henry et al. 2020): cosine-similarity attention with a fixed temperature (or,
+        # with learned per-dimension gains, the usual D**-0.5)
+        self.qk_norm = QKNorm(H, K, D, cfg.qk_norm_groups, cfg.qk_norm_dim_scale) if cfg.qk_norm else None
+        self.scale = cfg.qk_norm_scale if cfg.qk_norm and not cfg.qk_norm_dim_scale else D**-0.5
+        # per-head RMSNorm of queries and keys (or keys only: the first H heads pass) and of values;
+        # applied before the cache write, so cached keys/values are the normalised ones
+        self.qk_rmsnorm = (HeadRMSNorm(D, H + K) if cfg.qk_rmsnorm else HeadRMSNorm(D, K, first=H) if cfg.k_rmsnorm
+                           else None)
+        self.value_rmsnorm = HeadRMSNorm(Dv, K) if cfg.value_rmsnorm else None
         # memory key/values (Sukhbaatar et al. 2019, "Augmenting Self-attention with Persistent Memory")
         self.num_mem_kv = cfg.attn_num_mem_kv
         if self.num_mem_kv:
@@ -175,8 +182,10 @@ class Attention(nn.Module):
             qk = qk.view(B, T, H + K, D)  # queries and keys side by side: norm and rotate them at once
         else:
             qk, v = self.latent(x)
-        if self.qk_norm:
-            qk = F.normalize(qk, dim=-1)
+        if self.qk_norm is not None:
+            qk = call(mods["qk_norm"], qk)
+        if self.qk_rmsnorm is not None:
+            qk = self.qk_rmsnorm(qk)
         if ctx.rope is not None:
             cis, xs = ctx.rope
             if self.polar:  # (query rotations per head, key rotations)
@@ -193,6 +202,8 @@ class Attention(nn.Module):
         own_values = v
         if self.value_residual:
             v = self._mix_values(x, v, ctx, step)
+        if self.value_rmsnorm is not None:  # after the value residual mix, as x-transformers
+            v = self.value_rmsnorm(v.transpose(1, 2)).transpose(1, 2)
         kv = ctx.kv(step)
         P = self.kv_prefix
         if kv is not None:
@@ -344,7 +355,8 @@ class Attention(nn.Module):
             ks.append(torch.zeros(B, K, 1, self.key_dim, dtype=dtype, device=device))
             vs.append(torch.zeros(B, K, 1, Dv, dtype=dtype, device=device))
         if self.num_mem_kv:
-            mk = F.normalize(self.mem_k, dim=-1) if self.qk_norm else self.mem_k
+            # memory keys get the qk-norm but not the key RMSNorm, values no value norm (as x-transformers)
+            mk = self.qk_norm.memory_keys(self.mem_k) if self.qk_norm is not None else self.mem_k
             ks.append(mk.to(dtype)[None].expand(B, -1, -1, -1))
             vs.append(self.mem_v.to(dtype)[None].expand(B, -1, -1, -1))
         return torch.cat(ks, dim=2), torch.cat(vs, dim=2)

@@ -14,7 +14,7 @@ from .attention import Attention
 from .calls import call
 from .context import Context
 from .feedforward import FeedForward
-from .norms import make_norm
+from .norms import LayerScale, make_norm
 from .residual import MVSplitUpdate, orthogonal_update
 
 
@@ -23,11 +23,13 @@ class Block(nn.Module):
 
     The default is pre-norm: x + attn(norm(x)), then x + ff(norm(x)). Options change the
     branch: post-norm (``pre_norm=False``, Vaswani et al. 2017: norm(x + f(x)), no final norm);
-    sandwich norm (Ding et al. 2021, CogView: norm the branch output too); GRU-gated residual
-    (Parisotto et al. 2019), an orthogonal or a mean/variance split update (residual.py) instead
-    of the sum; a learned residual scale; macaron half-step
-    feed-forwards (Lu et al. 2019); token shifting (Peng, RWKV): part of each branch input comes
-    from the previous ``shift_tokens`` positions.
+    pre- and post-norm (``pre_and_post_norm``: norm(x + f(norm(x))), no final norm; the norm
+    placement of Keel, Chen & Wei 2026, and of x-transformers' looped LMs); sandwich norm (Ding et
+    al. 2021, CogView: norm the branch output too); LayerScale (Touvron et al. 2021, CaiT: a
+    learned per-channel gain on the branch output); GRU-gated residual (Parisotto et al. 2019), an
+    orthogonal or a mean/variance split update (residual.py) instead of the sum; a learned
+    residual scale; macaron half-step feed-forwards (Lu et al. 2019); token shifting (Peng,
+    RWKV): part of each branch input comes from the previous ``shift_tokens`` positions.
     """
 
     def __init__(self, cfg: ModelConfig, attn: bool = True, ff: bool = True, value_mix: bool = False):
@@ -49,6 +51,10 @@ class Block(nn.Module):
                 continue
             if cfg.sandwich_norm:
                 setattr(self, f"{name}_post_norm", make_norm(cfg))
+            if cfg.pre_norm and cfg.pre_and_post_norm:
+                setattr(self, f"{name}_residual_norm", make_norm(cfg))
+            if cfg.layerscale:
+                setattr(self, f"{name}_layerscale", LayerScale(cfg.dim, cfg.layerscale_init_value))
             if cfg.gate_residual:
                 setattr(self, f"{name}_gate", nn.GRUCell(cfg.dim, cfg.dim))
             if cfg.scale_residual:
@@ -57,11 +63,12 @@ class Block(nn.Module):
                 setattr(self, f"{name}_mv_split", MVSplitUpdate(cfg))
         self.sandwich, self.gated, self.scaled = cfg.sandwich_norm, cfg.gate_residual, cfg.scale_residual
         self.orthog, self.mv_split = cfg.orthog_residual, cfg.mv_split_residual
+        self.layerscale, self.pre_and_post = cfg.layerscale, cfg.pre_norm and cfg.pre_and_post_norm
         self.plain = (cfg.pre_norm and not (cfg.sandwich_norm or cfg.gate_residual or cfg.scale_residual
                                             or cfg.macaron or cfg.shift_tokens or cfg.layer_dropout
                                             or cfg.branch_output_scale != 1.0 or cfg.scale_residual_constant != 1.0
                                             or cfg.reinject_input or cfg.orthog_residual or cfg.mv_split_residual
-                                            or cfg.ff_deep_embed))
+                                            or cfg.ff_deep_embed or cfg.pre_and_post_norm or cfg.layerscale))
 
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); ``step`` is this call's position in the execution order."""
@@ -93,6 +100,8 @@ class Block(nn.Module):
         scale = self.ff_scale if name == "ff" else self.attn_scale
         if scale != 1.0:
             out = out * scale
+        if self.layerscale:
+            out = getattr(self, f"{name}_layerscale")(out)
         if self.sandwich:
             out = getattr(self, f"{name}_post_norm")(out)
         out = self._drop_path(out)
@@ -109,7 +118,9 @@ class Block(nn.Module):
             x = getattr(self, f"{name}_mv_split")(out, residual, ctx, step, name)
         else:
             x = residual + out
-        return x if self.pre_norm else norm(x)
+        if not self.pre_norm:
+            return norm(x)
+        return getattr(self, f"{name}_residual_norm")(x) if self.pre_and_post else x
 
     def _shift_tokens(self, h: torch.Tensor, ctx: Context, step: int, name: str) -> torch.Tensor:
         """Split the C features into shift+1 equal segments; segment i comes from i positions

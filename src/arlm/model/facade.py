@@ -95,6 +95,19 @@ _NORM_KWARGS: dict[str, tuple[str | None, Any]] = {
     "attn_qk_norm_scale": ("qk_norm_scale", float),
     "pre_norm": ("pre_norm", bool),
     "sandwich_norm": ("sandwich_norm", bool),
+    "pre_and_post_norm": ("pre_and_post_norm", bool),
+    "pre_norm_has_final_norm": ("pre_norm_has_final_norm", bool),
+    "norm_add_unit_offset": ("norm_add_unit_offset", bool),
+    "use_dynamic_tanh": (None, bool),
+    "dynamic_tanh_init_alpha": ("dynamic_tanh_init_alpha", float),
+    "use_derf": (None, bool),
+    "use_layerscale": ("layerscale", bool),
+    "layerscale_init_value": ("layerscale_init_value", float),
+    "attn_qk_norm_groups": ("qk_norm_groups", int),
+    "attn_qk_norm_dim_scale": ("qk_norm_dim_scale", bool),
+    "attn_qk_rmsnorm": ("qk_rmsnorm", bool),
+    "attn_k_rmsnorm": ("k_rmsnorm", bool),
+    "attn_value_rmsnorm": ("value_rmsnorm", bool),
 }
 
 _RESIDUAL_KWARGS: dict[str, tuple[str | None, Any]] = {
@@ -225,6 +238,10 @@ _WRAPPER_KWARGS: dict[str, tuple[str | None, Any]] = {
 # exactly by a preallocated KV cache (or needs inputs a decoder-only LM does not have).
 REFUSED: dict[str, str] = {
     "causal": "a Decoder is always causal",
+    **dict.fromkeys(("use_adaptive_layernorm", "use_adaptive_rmsnorm", "use_adaptive_layerscale", "dim_condition",
+                     "adaptive_condition_mlp", "adaptive_condition_mlp_expansion"),
+                    "adaptive norms and layer scales are conditioned on a per-sequence condition tensor, an input "
+                    "a decoder-only LM does not have"),
     "cross_attend": "arlm is decoder-only: there is no context to cross-attend to",
     "only_cross": "arlm is decoder-only: there is no context to cross-attend to",
     "attn_selective": "selective attention subtracts gates accumulated over earlier queries' scores, "
@@ -382,10 +399,13 @@ def _forward_kwargs(given: dict, name: str, fields: dict[str, str], out: dict, w
         out[fields[key]] = [float(v) for v in value] if key == "slopes" else float(value)
 
 
+_NORM_CHOICES = {"use_rmsnorm": "rmsnorm", "use_scalenorm": "scalenorm", "use_simple_rmsnorm": "simple_rmsnorm",
+                 "use_dynamic_tanh": "dynamic_tanh", "use_derf": "derf"}
+
+
 def _norm_fields(kw: dict, out: dict) -> None:
-    _exclusive(kw, ("use_rmsnorm", "use_scalenorm", "use_simple_rmsnorm"), "norm")
-    out["norm"] = ("rmsnorm" if kw.get("use_rmsnorm") else "scalenorm" if kw.get("use_scalenorm")
-                   else "simple_rmsnorm" if kw.get("use_simple_rmsnorm") else "layernorm")
+    _exclusive(kw, tuple(_NORM_CHOICES), "norm")
+    out["norm"] = next((norm for name, norm in _NORM_CHOICES.items() if kw.get(name)), "layernorm")
 
 
 def _is_number(v) -> bool:

@@ -133,8 +133,10 @@ class Transformer(nn.Module):
         self._steps, self._first_attn_step = plan_steps(specs, self.order)
         self.reinject = InputReinjection(cfg) if cfg.reinject_input else None
         self.unet = UNetSkips(cfg, self.layer_map) if cfg.unet_skips else None
-        # post-norm stacks end with a normalised residual already; x-transformers has no final norm there
-        self.norm = make_norm(cfg) if cfg.pre_norm else None
+        # post-norm (and pre-and-post-norm) stacks end with a normalised residual already;
+        # x-transformers has no final norm there, nor where pre_norm_has_final_norm=False
+        self.norm = (make_norm(cfg) if cfg.pre_norm and cfg.pre_norm_has_final_norm and not cfg.pre_and_post_norm
+                     else None)
         self._init_head(to_logits)
         self.needs_mask = (cfg.needs_scores or cfg.max_attend_past is not None or self.pos_bias is not None
                            or cfg.attn_num_mem_kv > 0 or cfg.attn_add_zero_kv or cfg.layer_pos_bias)
