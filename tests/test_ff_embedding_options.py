@@ -28,6 +28,15 @@ def test_ff_zero_init_output_starts_every_output_projection_at_zero():
     assert all(ff.proj_out.weight.any() for ff in ffs(wrapper()))
 
 
+def test_init_weights_restarts_the_glu_multiplier_at_one():
+    net = wrapper({"ff_glu": True, "ff_glu_mult_bias": True})
+    with torch.no_grad():
+        for ff in ffs(net):
+            ff.mult_bias.normal_()
+    net.init_weights()
+    assert all(torch.equal(ff.mult_bias, torch.ones(128)) for ff in ffs(net))
+
+
 def test_ff_output_proj_depth_draws_the_olmo_std():
     net = wrapper({"dim": 64, "ff_output_proj_depth": 3})
     want = (2 * 256 * 3) ** -0.5

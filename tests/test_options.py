@@ -284,6 +284,7 @@ FEEDFORWARD: dict[str, tuple[dict, dict, bool]] = {
 
 EMBEDDING: dict[str, tuple[dict, dict, bool]] = {
     "emb_dim": ({}, {"emb_dim": 16}, True),
+    "emb_dim_rotary": ({"rotary_pos_emb": True}, {"emb_dim": 16}, True),  # the lean decode path
     "emb_dim_norms": ({}, {"emb_dim": 48, "post_emb_norm": True, "l2norm_embed": True}, True),
     "emb_dim_sinusoidal_memory": ({}, {"emb_dim": 24, "scaled_sinu_pos_emb": True, "num_memory_tokens": 2}, True),
     "tie_embedding_scale": ({}, {"tie_embedding": True, "tie_embedding_scale": 0.5}, True),

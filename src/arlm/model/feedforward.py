@@ -131,7 +131,10 @@ class FeedForward(nn.Module):
     @torch.no_grad()
     def init_option_(self, generator: torch.Generator | None = None) -> None:
         """Zero output (``ff_zero_init_output``), or OLMo's depth-scaled output init
-        std = (2 * inner * depth)^-0.5 (``ff_output_proj_depth``, Groeneveld et al. 2024)."""
+        std = (2 * inner * depth)^-0.5 (``ff_output_proj_depth``, Groeneveld et al. 2024); the GLU
+        multiplier starts at 1."""
+        if self.mult_bias is not None:
+            self.mult_bias.fill_(1.0)
         w = self.proj_out.weight
         if self.zero_init:
             w.zero_()
