@@ -261,3 +261,12 @@ def test_embed_num_tokens_sum_extra_embeddings_as_x_transformers_also_when_cache
         ours(x, embed_ids={"segment": ids["segment"]})
     with pytest.raises(TypeError, match="embed_num_tokens"):
         wrapper()(x, embed_ids=ids)
+
+
+def test_ff_custom_activation_takes_x_transformers_relu_squared_and_matches_it():
+    xt = pytest.importorskip("x_transformers")
+    act = xt.x_transformers.ReluSquared()
+    assert wrapper({"ff_custom_activation": act}).cfg.ff_activation == "relu_squared"
+    ref, ours, x = xt_pair({"ff_custom_activation": act, "ff_glu": True}, {})
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)
