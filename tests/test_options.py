@@ -115,6 +115,8 @@ POSITIONS: dict[str, tuple[dict, dict, bool]] = {
                                              "residual_attn": True}, {"num_memory_tokens": 2}, True),
     "rel_proj_pos_bias": ({"attn_use_rel_proj_pos_bias": True, "attn_rel_proj_num_distance_basis": 4,
                            "attn_rel_proj_max_dist": 8}, {}, True),
+    "rel_proj_with_data_dependent_alibi": ({"attn_use_rel_proj_pos_bias": True, "attn_rel_proj_max_dist": 8,
+                                            "attn_data_dependent_alibi": True}, {"num_memory_tokens": 1}, True),
     "rel_proj_alibi_memory": ({"attn_use_rel_proj_pos_bias": True, "alibi_pos_bias": True, "rotary_pos_emb": True,
                                "attn_rel_proj_max_dist": 30}, {"num_memory_tokens": 1}, True),
     "attn_use_cope": ({"attn_use_cope": True}, {}, True),

@@ -527,9 +527,6 @@ class ModelConfig:
                     raise ConfigError(f"model.{name} needs model.data_dependent_alibi=true")
         if self.rel_proj_pos_bias:
             _positive(self, "rel_proj_num_distance_basis", "rel_proj_max_dist")
-            if self.data_dependent_alibi:
-                raise ConfigError("model.rel_proj_pos_bias and model.data_dependent_alibi: choose one per-layer "
-                                  "position bias")
         if self.cope:
             if self.cope_max_pos < 2:
                 raise ConfigError(f"model.cope_max_pos must be an integer >= 2, got {self.cope_max_pos!r}")

@@ -40,11 +40,11 @@ _ATTN = {
     "to_latent_kv.weight": "latent.latent_kv.weight",
     "to_rotateable_k.weight": "latent.rope_k.weight",
     # per-layer position biases (model/positional_bias.py)
-    "data_dependent_alibi.to_forget_gates.0.weight": "layer_bias.{gates}.weight",
-    "data_dependent_alibi.to_forget_gates.0.bias": "layer_bias.to_gates.bias",
-    "rel_proj_pos_bias.to_distance_weights.0.weight": "layer_bias.to_weights.weight",
-    "rel_proj_pos_bias.to_distance_weights.0.bias": "layer_bias.to_weights.bias",
-    "rel_proj_pos_bias.distance_bank": "layer_bias.distance_bank",
+    "data_dependent_alibi.to_forget_gates.0.weight": "layer_bias.forget.{gates}.weight",
+    "data_dependent_alibi.to_forget_gates.0.bias": "layer_bias.forget.to_gates.bias",
+    "rel_proj_pos_bias.to_distance_weights.0.weight": "layer_bias.distance.to_weights.weight",
+    "rel_proj_pos_bias.to_distance_weights.0.bias": "layer_bias.distance.to_weights.bias",
+    "rel_proj_pos_bias.distance_bank": "layer_bias.distance.distance_bank",
     "attend.cope.pos_emb": "cope.pos_emb",
 }
 

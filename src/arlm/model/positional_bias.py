@@ -152,17 +152,30 @@ class ContextualPositions(nn.Module):
         return out.to(s.dtype)
 
 
+class LayerPositionBias(nn.Module):
+    """The attention layer's own position biases, summed (as x-transformers): a forget-gate bias
+    (``forget``) and/or a distance-basis bias (``distance``)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.forget = self.distance = None
+        if cfg.data_dependent_alibi and cfg.data_dependent_alibi_per_row:
+            self.forget = PairForgetGateBias(cfg.dim, cfg.heads, cfg.data_dependent_alibi_per_row_dim_head,
+                                             cfg.data_dependent_alibi_post_log_scale)
+        elif cfg.data_dependent_alibi:
+            self.forget = ForgetGateBias(cfg.dim, cfg.heads, cfg.data_dependent_alibi_bias_init,
+                                         cfg.data_dependent_alibi_post_log_scale)
+        if cfg.rel_proj_pos_bias:
+            self.distance = DistanceBasisBias(cfg.dim, cfg.heads, cfg.rel_proj_num_distance_basis, cfg.rel_proj_max_dist)
+
+    def forward(self, x: torch.Tensor, ctx, step: int, S: int) -> torch.Tensor:
+        parts = [m(x, ctx, step, S) for m in (self.forget, self.distance) if m is not None]
+        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+
 def layer_pos_bias(cfg: ModelConfig) -> nn.Module | None:
     """The attention layer's own position bias module for this config, or None."""
-    if cfg.data_dependent_alibi and cfg.data_dependent_alibi_per_row:
-        return PairForgetGateBias(cfg.dim, cfg.heads, cfg.data_dependent_alibi_per_row_dim_head,
-                                  cfg.data_dependent_alibi_post_log_scale)
-    if cfg.data_dependent_alibi:
-        return ForgetGateBias(cfg.dim, cfg.heads, cfg.data_dependent_alibi_bias_init,
-                              cfg.data_dependent_alibi_post_log_scale)
-    if cfg.rel_proj_pos_bias:
-        return DistanceBasisBias(cfg.dim, cfg.heads, cfg.rel_proj_num_distance_basis, cfg.rel_proj_max_dist)
-    return None
+    return LayerPositionBias(cfg) if cfg.layer_pos_bias else None
 
 
 def forget_state_shape(cfg: ModelConfig, slots: int) -> tuple[int, ...] | None:
