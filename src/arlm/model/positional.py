@@ -163,7 +163,7 @@ class Polar(_PositionTables):
         self.uniform_init = uniform_init
         inv_freq = base ** -(torch.arange(head_dim, dtype=torch.float32, device="cpu") / head_dim)  # (D,)
         angles = torch.arange(max_positions, dtype=torch.float32, device="cpu")[:, None] * inv_freq  # (P, D)
-        self.register_buffer("cis", torch.polar(torch.ones_like(angles), angles), persistent=False)  # (P, D) complex
+        self.register_buffer("angles", angles, persistent=False)  # (P, D)
         self.learned_bias = nn.Parameter(torch.zeros(heads, head_dim))  # (H, D) phase offsets
 
     @torch.no_grad()
@@ -174,25 +174,29 @@ class Polar(_PositionTables):
         else:
             self.learned_bias.zero_()
 
-    def _with_offset(self, cis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cis (B|1, T, D) -> (queries (B|1, T, H, D), keys (B|1, T, 1, D)) rotations."""
-        b = -self.learned_bias.float().clamp(-2 * math.pi, 0.0)  # (H, D)
-        return cis[..., None, :] * torch.complex(b.cos(), b.sin()), cis[..., None, :]
+    def _tables(self, a: torch.Tensor):
+        """Phases a (B|1, T, D) -> ((cos, sin) of the query phases (B|1, T, H, D), (cos, sin) of
+        the key phases (B|1, T, 1, D)). Real arithmetic: inductor has no complex codegen."""
+        qa = a[..., None, :] + self.learned_bias.float().clamp(-2 * math.pi, 0.0).neg()  # (B|1, T, H, D)
+        ka = a[..., None, :]
+        return (qa.cos(), qa.sin()), (ka.cos(), ka.sin())
 
-    def table(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cis = self.cis[positions]
-        return self._with_offset(cis if positions.dim() == 2 else cis[None])
+    def table(self, positions: torch.Tensor):
+        a = self.angles[positions]
+        return self._tables(a if positions.dim() == 2 else a[None])
 
-    def table_range(self, p: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._with_offset(self.cis[p:p + T][None])
+    def table_range(self, p: int, T: int):
+        return self._tables(self.angles[p:p + T][None])
 
 
-def apply_polar(qk: torch.Tensor, q_cis: torch.Tensor, k_cis: torch.Tensor, heads: int) -> torch.Tensor:
-    """Queries and keys side by side (B, T, H + K, D) -> (B, T, H + K, 2D): magnitude softplus(x),
-    phase from the tables of ``Polar``."""
+def apply_polar(qk: torch.Tensor, q_tab, k_tab, heads: int) -> torch.Tensor:
+    """Queries and keys side by side (B, T, H + K, D) -> (B, T, H + K, 2D): magnitude softplus(x)
+    times (cos, sin) of the phases from the tables of ``Polar``, each feature's pair adjacent."""
     m = F.softplus(qk.float())
-    z = torch.cat((m[:, :, :heads] * q_cis, m[:, :, heads:] * k_cis), dim=2)  # (B, T, H + K, D) complex
-    return torch.view_as_real(z).flatten(-2).to(qk.dtype)
+    mq, mk = m[:, :, :heads], m[:, :, heads:]
+    (qc, qs), (kc, ks) = q_tab, k_tab
+    out = torch.cat((torch.stack((mq * qc, mq * qs), dim=-1), torch.stack((mk * kc, mk * ks), dim=-1)), dim=2)
+    return out.flatten(-2).to(qk.dtype)  # (B, T, H + K, 2D)
 
 
 def rotary_head_mask(heads: int, kv_heads: int, n: int) -> torch.Tensor:
