@@ -345,6 +345,18 @@ def test_autoregressive_wrapper_prepend_embeds_match_x_transformers(dec):
               ours(prompt, prepend_embeds=pre)[:, -1].argmax(-1, keepdim=True).float())
 
 
+def test_autoregressive_wrapper_lens_and_network_keywords_match_x_transformers():
+    ref, ours = pair()
+    seq, lens = ids(2, 10), torch.tensor([6, 10])
+    r, o = xt.AutoregressiveWrapper(ref), AutoregressiveWrapper(ours)
+    with torch.no_grad():
+        got = o(seq, lens=lens)
+        close(got, r(seq, lens=lens))
+        assert not torch.allclose(got, o(seq))
+        pos = torch.arange(10) * 2  # per-token keywords cover x, as x-transformers
+        close(o(seq, pos=pos), r(seq, pos=pos))
+
+
 def test_beam_search_layout_is_x_transformers_beams_first_by_default():
     ref, ours = pair({"rotary_pos_emb": True})
     prompt = ids(2, 5)

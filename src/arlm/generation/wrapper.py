@@ -86,6 +86,10 @@ class AutoregressiveWrapper(nn.Module):
             kw["key_mask"] = key_mask
         if prepend_embeds is not None:
             kw["prepend_embeds"] = prepend_embeds
+        for name in ("mask", "pos", "sum_embeds"):  # cover x (B, T+1) as in x-transformers: the inputs' part
+            v = kwargs.get(name)
+            if v is not None and v.shape[min(1, v.dim() - 1)] == x.shape[1]:
+                kwargs[name] = v[..., :-1] if name != "sum_embeds" else v[:, :-1]
         out = self.net(inp, **kw, **kwargs)
         logits, z_loss = out if z else (out, None)
         z_loss = getattr(z_loss, "attn_z_loss", z_loss)  # a TransformerWrapper returns x-transformers' intermediates
