@@ -260,6 +260,35 @@ ATTN_PROJ: dict[str, tuple[dict, dict, bool]] = {
 
 ATTN_SCORES: dict[str, tuple[dict, dict, bool]] = {
     # (attention scores and kernels: new options go here)
+    "attn_sigmoid": ({"attn_sigmoid": True}, {}, True),
+    "attn_hard": ({"attn_hard": True}, {}, True),
+    "attn_l2_distance": ({"attn_l2_distance": True}, {}, True),
+    "attn_cog_signed": ({"attn_cog_signed": True}, {}, True),
+    "attn_laser": ({"attn_laser": True, "attn_laser_softclamp_value": 2.0}, {}, True),
+    "attn_sparse_topk_straight_through": ({"attn_sparse_topk": 3, "attn_sparse_topk_straight_through": True}, {}, True),
+    "attn_pre_scale_post_talking_heads": ({"attn_pre_scale_post_talking_heads": True}, {}, True),
+    # x-transformers samples Gumbel noise in eval too; arlm takes the noiseless mode there
+    "attn_gumbel_softmax": ({"attn_gumbel_softmax": True}, {}, False),
+    "attn_gumbel_softmax_soft": ({"attn_gumbel_softmax": True, "attn_gumbel_softmax_hard": False,
+                                  "attn_gumbel_softmax_temp": 0.5}, {}, False),
+    "attn_selective": ({"attn_selective": True}, {}, True),
+    # interactions: prefixes, grouped heads, biases and memory tokens with each kernel change
+    "selective_memory_gqa_alibi": ({"attn_selective": True, "heads": 4, "attn_kv_heads": 2, "attn_num_mem_kv": 1,
+                                    "attn_add_zero_kv": True, "alibi_pos_bias": True}, {}, True),
+    "selective_memory_tokens": ({"attn_selective": True, "rotary_pos_emb": True, "attn_max_attend_past": 6},
+                                {"num_memory_tokens": 2}, True),
+    "laser_memkv_zerokv_gqa": ({"attn_laser": True, "attn_num_mem_kv": 2, "attn_add_zero_kv": True, "heads": 4,
+                                "attn_kv_heads": 2}, {}, True),
+    "l2_memkv_zerokv_gqa_alibi": ({"attn_l2_distance": True, "attn_num_mem_kv": 2, "attn_add_zero_kv": True,
+                                   "heads": 4, "attn_kv_heads": 2, "alibi_pos_bias": True}, {}, True),
+    # (cog with residual_attn: x-transformers turns its masked -max scores into NaN, so no twin for that pair)
+    "cog_softclamp_talking": ({"attn_cog_signed": True, "attn_softclamp_logits": True, "attn_pre_talking_heads": True,
+                               "attn_post_talking_heads": True, "attn_pre_scale_post_talking_heads": True}, {}, True),
+    "cog_residual_attn": ({"attn_cog_signed": True, "residual_attn": True}, {}, False),
+    "sigmoid_window_alibi_memkv": ({"attn_sigmoid": True, "attn_max_attend_past": 4, "alibi_pos_bias": True,
+                                    "attn_num_mem_kv": 1}, {"num_memory_tokens": 1}, True),
+    "hard_selective_rel_pos": ({"attn_hard": True, "attn_selective": True, "rel_pos_bias": True,
+                                "rel_pos_num_buckets": 8, "rel_pos_max_distance": 16}, {}, True),
 }
 
 FEEDFORWARD: dict[str, tuple[dict, dict, bool]] = {

@@ -183,6 +183,18 @@ class ModelConfig:
     attn_latent_rope_subheads: int | None = None
     # (attention projections, gates and values: new options go here)
     # (attention scores and kernels: new options go here)
+    attn_sigmoid: bool = False  # sigmoid instead of softmax (at most one of sigmoid/hard/l2/gumbel/top-k)
+    attn_hard: bool = False  # one-hot argmax attention, softmax gradient (straight-through)
+    attn_l2_distance: bool = False  # scores are minus the squared l2 distance of query and key
+    attn_cog_signed: bool = False  # softmax over |score|, then the score's sign (negative weights)
+    attn_laser: bool = False  # attend over exp(values), take the log (LASER)
+    attn_laser_softclamp_value: float = 15.0  # values are soft-clamped to this before exp
+    attn_sparse_topk_straight_through: bool = False  # top-k forward, dense softmax gradient
+    attn_pre_scale_post_talking_heads: bool = False  # head-mixed raw scores rescale the attention weights
+    attn_gumbel_softmax: bool = False  # Gumbel-softmax attention: sampled in training, its mode in eval
+    attn_gumbel_softmax_temp: float = 1.0
+    attn_gumbel_softmax_hard: bool = True  # one-hot forward, soft gradient
+    attn_selective: bool = False  # selective attention: earlier queries lower keys' later scores
 
     # --- feed-forward (model/feedforward.py) ---
     ff_mult: float = 4.0
@@ -358,7 +370,10 @@ class ModelConfig:
     def needs_scores(self) -> bool:
         """Options that need the attention scores themselves, so fused SDPA cannot run them."""
         return (self.attn_softclamp_logits or self.attn_pre_talking_heads or self.attn_post_talking_heads
-                or self.attn_sparse_topk is not None or self.residual_attn or self.cope)
+                or self.attn_sparse_topk is not None or self.residual_attn or self.cope
+                # (attention scores and kernels) laser and l2 distance run on fused SDPA
+                or self.attn_sigmoid or self.attn_hard or self.attn_cog_signed or self.attn_gumbel_softmax
+                or self.attn_pre_scale_post_talking_heads or self.attn_selective)
 
     def validate(self) -> None:
         _positive(self, "vocab_size", "max_seq_len", "dim", "depth", "heads", "vocab_pad_multiple")
@@ -672,7 +687,16 @@ class ModelConfig:
                                   "leave model.rotary_num_heads unset")
 
     def _validate_attention_scores(self) -> None:
-        pass
+        kinds = [n for n in ("attn_sigmoid", "attn_hard", "attn_l2_distance", "attn_gumbel_softmax") if getattr(self, n)]
+        if self.attn_sparse_topk is not None:
+            kinds.append("attn_sparse_topk")
+        if len(kinds) > 1:
+            raise ConfigError(f"choose one attention function, got {', '.join('model.' + n for n in kinds)}")
+        if self.attn_sparse_topk_straight_through and self.attn_sparse_topk is None:
+            raise ConfigError("model.attn_sparse_topk_straight_through needs model.attn_sparse_topk")
+        for name in ("attn_laser_softclamp_value", "attn_gumbel_softmax_temp"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")
 
     def _validate_feedforward(self) -> None:
         if not self.ff_glu:

@@ -248,6 +248,9 @@ def _layer_param(model, j: int, slot: int, rest: str, value, offset: float, put,
         if m:  # a 1x1 Conv2d over heads is an (H, H) matrix
             put(f"{prefix}.attn.{m.group(1)}_talking_heads", value[:, :, 0, 0])
             return True
+        if rest == "attend.pre_scale_post_talking_heads.weight":  # (attention scores and kernels)
+            put(f"{prefix}.attn.pre_scale_post_talking_heads", value[:, :, 0, 0])
+            return True
         return False
     if rest == "ff.0.mult_bias":  # GLU output multiplier
         put(f"{prefix}.ff.mult_bias", value)

@@ -12,12 +12,15 @@ the same shapes at every position and compiles into one CUDA graph. The kernel i
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .attend import AttnRecord, attention_lse, explicit_attention, fused_attention
+from .attend import (AttnRecord, attention_lse, explicit_attention, fused_attention, l2_distance_qk,
+                     laser_values, selective_penalty)
 from .attention_variants import HeadGate, LatentQKV, LearnedSink, gate_attended, gate_projection, orthogonal_values
 from .calls import call
 from .context import Context
@@ -39,7 +42,9 @@ class KVCache:
     options are on. ``shift`` (N tensors (B, prefix + max_len, F)) keeps earlier tokens'
     features for token shifting (None unless ``shift_tokens``). ``running`` (N tensors
     (B, prefix + max_len, R), fp32) keeps running sums over positions for ``mv_split_residual``
-    (None unless it is on). ``max_len`` counts token slots only.
+    (None unless it is on). ``select`` (L tensors (B, prefix + max_len, kv_prefix + prefix +
+    max_len)) keeps each query's selective-attention gates on the keys, at its slot (None unless
+    ``attn_selective``). ``max_len`` counts token slots only.
     ``key_dim``: the key width when it differs from the value width (polar positions: 2D).
     ``forget`` (L float32 tensors (B, *forget_shape)) keeps the forgetting transformer's per-slot
     state (None unless ``data_dependent_alibi``; see positional_bias.py).
@@ -48,7 +53,8 @@ class KVCache:
     def __init__(self, depth: int, batch: int, kv_heads: int, max_len: int, head_dim: int,
                  device=None, dtype=torch.float32, prefix: int = 0, shift_layers: int = 0, shift_dim: int = 0,
                  kv_prefix: int = 0, key_dim: int | None = None, running_layers: int = 0, running_dim: int = 0,
-                 value_dim: int | None = None, forget_shape: tuple[int, ...] | None = None, latent: bool = False):
+                 value_dim: int | None = None, forget_shape: tuple[int, ...] | None = None, latent: bool = False,
+                 select: bool = False):
         shape = (batch, kv_heads, kv_prefix + prefix + max_len, head_dim)
         kshape = shape[:3] + (key_dim or head_dim,)
         vshape = shape[:3] + (head_dim if value_dim is None else value_dim,)
@@ -62,6 +68,8 @@ class KVCache:
                          for _ in range(running_layers)] if running_layers else None)
         self.forget = ([torch.zeros(batch, *forget_shape, device=device, dtype=torch.float32)
                         for _ in range(depth)] if forget_shape else None)
+        self.select = ([torch.zeros(batch, prefix + max_len, shape[2], device=device, dtype=dtype) for _ in range(depth)]
+                       if select else None)
 
     @property
     def batch_size(self) -> int:
@@ -77,7 +85,8 @@ class KVCache:
         return self.slots - self.kv_prefix - self.prefix
 
     def tensors(self) -> list[torch.Tensor]:
-        return [*self.k, *self.v, *(self.shift or []), *(self.running or []), *(self.forget or [])]
+        return [*self.k, *self.v, *(self.shift or []), *(self.running or []), *(self.forget or []),
+                *(self.select or [])]
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[i], self.v[i]
@@ -92,6 +101,8 @@ class KVCache:
             self.running = [t.index_select(0, index) for t in self.running]
         if self.forget is not None:
             self.forget = [t.index_select(0, index) for t in self.forget]
+        if self.select is not None:
+            self.select = [t.index_select(0, index) for t in self.select]
 
 
 class Attention(nn.Module):
@@ -170,6 +181,16 @@ class Attention(nn.Module):
         # contextual positions (CoPE), counted from this layer's scores on the explicit path
         self.cope = (ContextualPositions(D, H, cfg.cope_max_pos, cfg.cope_soft_onehot_pos, cfg.cope_talking_heads)
                      if cfg.cope else None)
+        # (attention scores and kernels) see attend.py
+        self.score_options = dict(
+            weights=("sigmoid" if cfg.attn_sigmoid else "hard" if cfg.attn_hard
+                     else "gumbel" if cfg.attn_gumbel_softmax else "softmax"),
+            straight_through=cfg.attn_sparse_topk_straight_through, cog_signed=cfg.attn_cog_signed,
+            gumbel_temp=cfg.attn_gumbel_softmax_temp, gumbel_hard=cfg.attn_gumbel_softmax_hard)
+        self.pre_scale_post_talking_heads = nn.Parameter(torch.eye(H)) if cfg.attn_pre_scale_post_talking_heads else None
+        self.selective = cfg.attn_selective
+        self.l2_distance = cfg.attn_l2_distance
+        self.laser = cfg.attn_laser_softclamp_value if cfg.attn_laser else None
 
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
@@ -221,6 +242,10 @@ class Attention(nn.Module):
             pk, pv = self._prefix_kv(B, k.dtype)
             k, v = torch.cat((pk, k), dim=2), torch.cat((pv, v), dim=2)  # (B, K, P + T, D)
         S = k.shape[2]
+        if self.l2_distance:
+            q, k = l2_distance_qk(q, k)
+        if self.laser is not None:
+            v = laser_values(v, self.laser, self.add_zero_kv)
         k_kv = k  # (B, K, S, D): recorded unexpanded when attention maps are asked for
         if K != H:
             # expand K heads to H, query head h reading KV head h % K (x-transformers' layout, so
@@ -247,7 +272,9 @@ class Attention(nn.Module):
             y, scores = explicit_attention(
                 q, k, v, scale=self.scale, visible=ctx.visible, bias=bias, prev_scores=prev,
                 pre_talking=self.pre_talking_heads, post_talking=self.post_talking_heads, softclamp=self.softclamp,
-                topk=self.topk, dropout=self.dropout, training=self.training, cope=self.cope)
+                topk=self.topk, dropout=self.dropout, training=self.training,
+                pre_scale_post=self.pre_scale_post_talking_heads, select=self._selection(ctx, step, k.shape[2]),
+                cope=self.cope, **self.score_options)
             if self.residual_attn:
                 ctx.scores[step] = scores
         else:
@@ -259,6 +286,8 @@ class Attention(nn.Module):
         if ctx.z_lse is not None:
             ctx.z_lse.append(attention_lse(q, k, scale=self.scale, scores=scores, mask=mask,
                                            visible=ctx.visible, causal=causal))
+        if self.laser is not None:  # LASER: back from exp(values) (laser_values)
+            y = y.clamp(min=1e-20).log()
         return y
 
     def _output(self, y: torch.Tensor, values: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
@@ -334,6 +363,16 @@ class Attention(nn.Module):
         y = self._kernel(q, k, v, ctx, step, x, k)  # (B, H, T, L)
         values = lat.v(c).view(B, T, self.kv_heads, -1).transpose(1, 2) if self.orthog is not None else None
         return lat.values_out(y), values
+
+    def _selection(self, ctx: Context, step: int, S: int):
+        """Selective attention's penalty for this call (None when off): the gates of earlier
+        queries live in the cache (``cache.select``) beside the keys they lower."""
+        if not self.selective:
+            return None
+        store = None
+        if ctx.cache is not None:  # rows: query slots in use; columns: the S key columns read
+            store = ctx.cache.select[ctx.steps[step].kv_layer].narrow(2, 0, S).narrow(1, 0, S - self.kv_prefix)
+        return functools.partial(selective_penalty, gateable=ctx.gateable, store=store, slots=ctx.slots)
 
     def _mix_values(self, x, v, ctx: Context, step: int) -> torch.Tensor:
         """The first attention call stores its values; later calls interpolate towards them with a

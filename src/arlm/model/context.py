@@ -52,7 +52,7 @@ class Context:
 
     __slots__ = ("rope", "slots", "kv_slots", "causal", "mask", "visible", "bias", "pad", "cache", "steps",
                  "first_attn_step", "scores", "values", "z_lse", "kv_end", "slot0", "inject", "attn",
-                 "ff_deep", "dist", "real_keys")
+                 "ff_deep", "dist", "real_keys", "gateable")
 
     def __init__(self, steps, first_attn_step: int, rope=None, slots=None, kv_slots=None, pad=None, cache=None):
         self.steps, self.first_attn_step = steps, first_attn_step
@@ -68,6 +68,7 @@ class Context:
         self.ff_deep: dict[int, torch.Tensor] | None = None  # ff_deep_embed: step -> (B, T, C) output multiplier
         self.dist: torch.Tensor | None = None  # (B|1, T, S) query - key positions, for per-layer position biases
         self.real_keys: torch.Tensor | None = None  # (B, S) False on left-padding key slots (None: no padding)
+        self.gateable: torch.Tensor | None = None  # (B|1, T, S) keys selective attention may lower
 
     def kv(self, step: int):
         if self.cache is None:
@@ -136,6 +137,12 @@ def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -
         # sliding-window attention (Child et al. 2019; Beltagy et al. 2020, Longformer)
         visible = visible & (dist <= model.cfg.max_attend_past)
     ctx.dist = dist
+    if model.cfg.attn_selective:
+        # a query never lowers itself or the sequence's first token (memory token 0, else the
+        # row's first real token), as x-transformers; memory/zero key columns stay ungated
+        first = start[:, None, None] if start is not None and not M else 0
+        own = kslots[None, None, :] == slots[None, :, None]
+        ctx.gateable = F.pad(visible & ~own & (kslots[None, None, :] != first), (P, 0), value=False)
     visible = visible[:, None]  # (B|1, 1, T, S)
     bias = model.pos_bias(dist) if model.pos_bias is not None else None  # (B|1, H, T, S)
     if P:  # memory / zero key columns: always visible, no position bias

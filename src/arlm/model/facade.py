@@ -180,6 +180,18 @@ _ATTN_SCORE_KWARGS: dict[str, tuple[str | None, Any]] = {
     "attn_pre_talking_heads": ("attn_pre_talking_heads", bool),
     "attn_post_talking_heads": ("attn_post_talking_heads", bool),
     "attn_sparse_topk": ("attn_sparse_topk", _int_or_none),
+    "attn_sparse_topk_straight_through": ("attn_sparse_topk_straight_through", bool),
+    "attn_sigmoid": ("attn_sigmoid", bool),
+    "attn_hard": ("attn_hard", bool),
+    "attn_l2_distance": ("attn_l2_distance", bool),
+    "attn_cog_signed": ("attn_cog_signed", bool),
+    "attn_laser": ("attn_laser", bool),
+    "attn_laser_softclamp_value": ("attn_laser_softclamp_value", float),
+    "attn_pre_scale_post_talking_heads": ("attn_pre_scale_post_talking_heads", bool),
+    "attn_gumbel_softmax": ("attn_gumbel_softmax", bool),
+    "attn_gumbel_softmax_temp": ("attn_gumbel_softmax_temp", float),
+    "attn_gumbel_softmax_hard": ("attn_gumbel_softmax_hard", bool),
+    "attn_selective": ("attn_selective", bool),
 }
 
 _FF_KWARGS: dict[str, tuple[str | None, Any]] = {
@@ -244,9 +256,9 @@ REFUSED: dict[str, str] = {
                     "a decoder-only LM does not have"),
     "cross_attend": "arlm is decoder-only: there is no context to cross-attend to",
     "only_cross": "arlm is decoder-only: there is no context to cross-attend to",
-    "attn_selective": "selective attention subtracts gates accumulated over earlier queries' scores, "
-                      "which a KV cache does not keep (x-transformers cannot cache it either)",
-    "attn_gumbel_softmax": "sampled attention weights make logits random, so cached decoding cannot equal recomputation",
+    "attn_inverted_attention": "inverted attention normalises each key's weights over the queries, so a query's "
+                               "output depends on later queries (not causal); x-transformers itself drops it "
+                               "from self-attention layers",
     "memory_tokens_interspersed_every": "memory rows inside the sequence move with the chunk boundaries; "
                                         "the static cache layout keeps memory tokens only in front",
     "recycling": "recycled hidden states need one KV cache per recycling step",

@@ -240,7 +240,8 @@ class Transformer(nn.Module):
                        shift_layers=self.n_branches if s else 0, shift_dim=s * (cfg.dim // (s + 1)),
                        running_layers=self.n_branches if cfg.mv_split_residual else 0, running_dim=2 * cfg.dim + 1,
                        kv_prefix=self.kv_prefix, key_dim=key_dim, value_dim=value_dim, latent=cfg.latent_kv_cache,
-                       forget_shape=forget_state_shape(cfg, self.num_memory_tokens + max_len))
+                       forget_shape=forget_state_shape(cfg, self.num_memory_tokens + max_len),
+                       select=cfg.attn_selective)
 
     def forward(self, ids: torch.Tensor, input_pos: torch.Tensor | int | None = None,
                 cache: KVCache | None = None, start: torch.Tensor | None = None,
