@@ -295,6 +295,8 @@ def test_refused_options_say_why():
         Decoder(dim=32, depth=2, causal=False)
     with pytest.raises(TypeError, match="decoder-only"):
         Decoder(dim=32, depth=2, cross_attend=True)
+    with pytest.raises(TypeError, match="later queries"):
+        Decoder(dim=32, depth=2, attn_inverted_attention=True)
     with pytest.raises(TypeError, match="not causal"):
         TransformerWrapper(num_tokens=V, max_seq_len=16, attn_layers=Decoder(dim=32, depth=1), use_cls_token=True)
 

@@ -1,0 +1,130 @@
+"""Attention-kernel properties the option matrix cannot see: straight-through gradients (the
+forward equals the plain kernel's), Gumbel-softmax sampling in training only, and selective
+attention's cached gates under a rewound or reordered cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arlm import Decoder, TransformerWrapper
+from arlm.model.attend import attention_weights
+
+V, SEQ = 40, 24
+
+
+def masked_logits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal logits (1, 2, 6, 6), -inf above the diagonal, as a leaf that collects gradients."""
+    s = torch.randn(1, 2, 6, 6, generator=torch.Generator().manual_seed(seed))
+    visible = torch.ones(6, 6, dtype=torch.bool).tril()
+    return s.masked_fill(~visible, float("-inf")).requires_grad_(), visible
+
+
+def weights(s, kind="softmax", training=False, **kw):
+    opts = dict(topk=None, straight_through=False, training=training, temp=1.0, hard=True)
+    return attention_weights(s, kind, **{**opts, **kw})
+
+
+def grad_of(w, s) -> torch.Tensor:
+    target = torch.randn(w.shape, generator=torch.Generator().manual_seed(9))
+    (g,) = torch.autograd.grad((w * target).sum(), s)
+    return g
+
+
+def test_hard_attention_is_one_hot_forward_with_a_dense_softmax_gradient():
+    s, visible = masked_logits()
+    w = weights(s, "hard")
+    one_hot = torch.nn.functional.one_hot(s.argmax(-1), 6).float()
+    assert torch.equal(w, one_hot)
+    g = grad_of(w, s)
+    assert torch.equal(g, grad_of(s.softmax(-1), s))  # the softmax's gradient, exactly
+    assert (g[..., 3, :4] != 0).all()  # every visible key of query 3 gets a gradient
+    assert not g[..., ~visible].any()
+
+
+def test_topk_straight_through_keeps_the_sparse_forward_and_reaches_dropped_keys():
+    s, visible = masked_logits(1)
+    sparse = weights(s, topk=2)
+    through = weights(s, topk=2, straight_through=True)
+    assert torch.equal(through, sparse)
+    dropped = visible & (sparse[0, 0] == 0)  # visible keys outside the top 2 of head 0
+    assert dropped.any()
+    assert not grad_of(sparse, s)[0, 0][dropped].any()
+    assert (grad_of(through, s)[0, 0][dropped] != 0).all()
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_gumbel_softmax_samples_in_training_and_takes_the_mode_in_eval(hard):
+    s, visible = masked_logits(2)
+    torch.manual_seed(0)
+    a, b = weights(s, "gumbel", training=True, hard=hard), weights(s, "gumbel", training=True, hard=hard)
+    assert not torch.equal(a, b)  # sampled
+    for w in (a, b):
+        assert not w[..., ~visible].any()
+        torch.testing.assert_close(w.sum(-1), torch.ones(1, 2, 6))
+    e = weights(s, "gumbel", temp=0.5, hard=hard)
+    assert torch.equal(e, weights(s, "gumbel", temp=0.5, hard=hard))
+    want = weights(s, "hard") if hard else (s / 0.5).softmax(-1)
+    assert torch.equal(e, want)
+
+
+def net(seed: int = 0, **kw) -> TransformerWrapper:
+    torch.manual_seed(seed)
+    m = TransformerWrapper(num_tokens=V, max_seq_len=SEQ,
+                           attn_layers=Decoder(dim=32, depth=2, heads=2, attn_dim_head=16, **kw))
+    m.init_weights(torch.Generator().manual_seed(seed))
+    with torch.no_grad():  # larger logits, so the selective gates are far from zero
+        for b in m.blocks:
+            b.attn.qkv.weight.mul_(8.0)
+    return m.eval()
+
+
+def test_eval_gumbel_softmax_is_hard_attention():
+    gumbel, hard = net(attn_gumbel_softmax=True), net(attn_hard=True)
+    hard.load_state_dict(gumbel.state_dict())
+    x = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(gumbel(x), hard(x))
+
+
+def test_selective_attention_changes_the_logits():
+    sel, plain = net(attn_selective=True), net()
+    plain.load_state_dict(sel.state_dict())
+    x = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (sel(x) - plain(x)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_selective_gates_survive_a_rewound_and_a_reordered_cache(eager):
+    """Speculative decoding rewinds the cursor; beam search reorders rows. The gates are kept per
+    query slot, so both stay exact."""
+    m = net(attn_selective=True)
+    slots = (lambda a, b: a) if eager else (lambda a, b: torch.arange(a, b))
+    x = torch.randint(0, V, (2, 14), generator=torch.Generator().manual_seed(4))
+    y = x.clone()
+    y[:, 9:] = (y[:, 9:] + 7) % V  # a rejected draft from slot 9 on
+    with torch.no_grad():
+        cache = m.new_cache(2, SEQ)
+        m(y[:, :8], input_pos=slots(0, 8), cache=cache)
+        m(y[:, 8:12], input_pos=slots(8, 12), cache=cache)  # drafts 9..11 enter the cache
+        out = [m(x[:, 9:11], input_pos=slots(9, 11), cache=cache)]  # rewind to slot 9
+        cache.reorder(torch.tensor([1, 0]))
+        out.append(m(x.flip(0)[:, 11:14], input_pos=slots(11, 14), cache=cache))
+        full = m(x)
+    torch.testing.assert_close(out[0], full[:, 9:11], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1], full.flip(0)[:, 11:14], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"attn_sigmoid": True, "attn_hard": True}, "choose one attention function"),
+    ({"attn_l2_distance": True, "attn_sparse_topk": 2}, "choose one attention function"),
+    ({"attn_sparse_topk_straight_through": True}, "needs model.attn_sparse_topk"),
+    ({"attn_gumbel_softmax": True, "attn_gumbel_softmax_temp": 0.0}, "attn_gumbel_softmax_temp must be > 0"),
+    ({"attn_laser": True, "attn_laser_softclamp_value": -1.0}, "attn_laser_softclamp_value must be > 0"),
+])
+def test_attention_function_options_are_validated(kw, match):
+    from arlm import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=Decoder(dim=32, depth=1, heads=2, **kw))
