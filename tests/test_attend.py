@@ -128,3 +128,17 @@ def test_attention_function_options_are_validated(kw, match):
 
     with pytest.raises(ConfigError, match=match):
         TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=Decoder(dim=32, depth=1, heads=2, **kw))
+
+
+@pytest.mark.parametrize("name", ["attn_selective", "attn_l2_distance", "attn_cog_signed", "attn_sigmoid", "attn_laser",
+                                  "hard_selective_rel_pos"])
+def test_attention_z_loss_of_the_kernel_options_matches_x_transformers(name):
+    """The z-loss reads the logits the weights come from (after the cog sign and the selection)."""
+    pytest.importorskip("x_transformers")
+    from test_x_transformers_parity import converted
+
+    ref, ours, x = converted(name)
+    with torch.no_grad():
+        _, inter = ref(x, return_attn_z_loss=True, return_intermediates=True)
+        _, z = ours(x, return_attn_z_loss=True)
+    torch.testing.assert_close(z, inter.attn_z_loss, atol=1e-7, rtol=1e-5)
