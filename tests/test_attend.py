@@ -140,5 +140,42 @@ def test_attention_z_loss_of_the_kernel_options_matches_x_transformers(name):
     ref, ours, x = converted(name)
     with torch.no_grad():
         _, inter = ref(x, return_attn_z_loss=True, return_intermediates=True)
-        _, z = ours(x, return_attn_z_loss=True)
+        z = ours(x, return_attn_z_loss=True)[1].attn_z_loss  # (logits, intermediates), as x-transformers
     torch.testing.assert_close(z, inter.attn_z_loss, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["attn_sigmoid", "attn_cog_signed", "attn_hard", "attn_selective",
+                                  "attn_pre_scale_post_talking_heads", "attn_l2_distance"])
+def test_attention_maps_of_the_kernel_options_match_x_transformers(name):
+    """return_attn gives the weights the kernel used (not a softmax of the logits for sigmoid,
+    hard or signed attention)."""
+    pytest.importorskip("x_transformers")
+    from test_x_transformers_parity import converted
+
+    ref, ours, x = converted(name)
+    with torch.no_grad():
+        _, maps = ours(x, return_attn=True)
+        _, want = ref(x, return_attn=True)
+    for m, r in zip(maps, want, strict=True):
+        torch.testing.assert_close(m, r, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kw", [{"attn_selective": True}, {"attn_selective": True, "attn_num_mem_kv": 1},
+                                {"attn_l2_distance": True, "attn_laser": True}])
+def test_growing_intermediates_cache_keeps_the_kernel_state(kw):
+    """Decoding through ``cache=`` / ``return_intermediates`` grows the cache (16, 32, ... slots):
+    the selective gates move with the keys."""
+    m = TransformerWrapper(num_tokens=V, max_seq_len=40, attn_layers=Decoder(dim=32, depth=2, heads=2,
+                                                                               attn_dim_head=16, **kw)).eval()
+    with torch.no_grad():
+        for b in m.blocks:
+            b.attn.qkv.weight.mul_(8.0)
+    x = torch.randint(0, V, (2, 36), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        full = m(x)
+        logits, cache = m(x[:, :5], return_intermediates=True)
+        steps = [logits]
+        for t in range(5, 36, 3):
+            logits, cache = m(x[:, :t + 3], cache=cache, return_intermediates=True)
+            steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)

@@ -29,14 +29,16 @@ def explicit_attention(q, k, v, *, scale: float, visible: torch.Tensor, bias: to
                        dropout: float, training: bool, weights: str = "softmax", straight_through: bool = False,
                        cog_signed: bool = False, pre_scale_post: torch.Tensor | None = None, select=None,
                        gumbel_temp: float = 1.0, gumbel_hard: bool = True,
-                       cope=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention with the scores in hand. Returns (out (B, H, T, D), scores (B, H, T, S)), the
-    pre-mask logits the weights come from (residual attention and the z-loss read them).
+                       cope=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attention with the scores in hand. Returns (out (B, H, T, D), scores (B, H, T, S), the
+    pre-mask logits the weights come from (residual attention and the z-loss read them), weights
+    (B, H, T, S), signed, before dropout and post-softmax head mixing (attention maps read them)).
 
     The order follows x-transformers: scale, add the previous layer's scores, pre-softmax talking
     heads, position bias, soft-clamp, cog sign, mask, contextual positions (``cope``), selection,
-    weights (``attention_weights``), sign, dropout, post-softmax talking heads. ``select`` maps the first head's logits (B, T, S)
-    to the selective-attention penalty (``selective_penalty`` bound to this layer's state)."""
+    weights (``attention_weights``), sign, dropout, post-softmax talking heads. ``select`` maps the
+    first head's logits (B, T, S) to the selective-attention penalty (``selective_penalty`` bound
+    to this layer's state)."""
     s = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, T, S)
     if prev_scores is not None:
         # residual attention (He et al. 2020, RealFormer): scores accumulate across layers
@@ -75,13 +77,14 @@ def explicit_attention(q, k, v, *, scale: float, visible: torch.Tensor, bias: to
                           temp=gumbel_temp, hard=gumbel_hard).to(q.dtype)
     if sign is not None:
         p = p * sign
+    weights = p
     if training and dropout > 0:
         p = F.dropout(p, dropout)
     if post_talking is not None:
         p = torch.einsum("gh,bhts->bgts", post_talking, p)
     if pre_scale_post is not None:
         p = p * rescale
-    return torch.matmul(p, v), scores
+    return torch.matmul(p, v), scores, weights
 
 
 def attention_weights(s: torch.Tensor, kind: str, *, topk: int | None, straight_through: bool, training: bool,
@@ -160,7 +163,8 @@ def laser_values(v: torch.Tensor, clamp: float, zero_kv: bool) -> torch.Tensor:
 class AttnRecord(NamedTuple):
     """What one attention call saw, kept when a caller asks for attention intermediates (references,
     no copies): q (B, H, T, D), k (B, K, S, D) before expanding K heads to H, the explicit path's
-    pre-mask ``scores`` (or None), and the masking the kernel used."""
+    pre-mask ``scores`` (or None), and the masking the kernel used; ``weights``: the explicit path's
+    attention weights (sigmoid, hard, signed... weights are not a softmax of the logits), or None."""
 
     q: torch.Tensor
     k: torch.Tensor
@@ -170,6 +174,7 @@ class AttnRecord(NamedTuple):
     causal: bool
     scale: float
     topk: int | None
+    weights: torch.Tensor | None = None
 
 
 def attention_logits(q, k, *, scale: float, scores: torch.Tensor | None, mask, visible, causal: bool) -> torch.Tensor:

@@ -266,10 +266,10 @@ class Attention(nn.Module):
             k, v, mask = self.sink.extend(q, k, v, mask, causal)
             causal = False
         dropout = self.dropout if self.training else 0.0
-        scores = None
+        scores = weights = None
         if self.explicit:
             prev = ctx.scores.get(ctx.steps[step].prev_attn) if self.residual_attn else None
-            y, scores = explicit_attention(
+            y, scores, weights = explicit_attention(
                 q, k, v, scale=self.scale, visible=ctx.visible, bias=bias, prev_scores=prev,
                 pre_talking=self.pre_talking_heads, post_talking=self.post_talking_heads, softclamp=self.softclamp,
                 topk=self.topk, dropout=self.dropout, training=self.training,
@@ -282,7 +282,8 @@ class Attention(nn.Module):
         if ctx.attn is not None:
             # (with a learned sink, the keys as extended by it, already one per query head)
             rk, rmask, rcausal = (k_kv, ctx.mask, ctx.causal) if self.sink is None else (k, mask, causal)
-            ctx.attn.append(AttnRecord(q, rk, scores, rmask, ctx.visible, rcausal, self.scale, self.topk))
+            ctx.attn.append(AttnRecord(q, rk, scores, rmask, ctx.visible, rcausal, self.scale, self.topk,
+                                       weights))
         if ctx.z_lse is not None:
             ctx.z_lse.append(attention_lse(q, k, scale=self.scale, scores=scores, mask=mask,
                                            visible=ctx.visible, causal=causal))

@@ -51,6 +51,8 @@ class AttnIntermediate:
     def post_softmax_attn(self) -> torch.Tensor:
         """Attention weights (B, H, T, S) (after top-k sparsification, before post-softmax
         talking heads, as x-transformers)."""
+        if self.record.weights is not None:  # the explicit path's own weights (sigmoid, hard, signed...)
+            return self.record.weights.float()
         s = self.pre_softmax_attn
         if self.record.topk is not None and self.record.topk < s.shape[-1]:
             kth = s.topk(self.record.topk, dim=-1).values[..., -1:]
@@ -120,9 +122,12 @@ def _capacity(model, need: int, current: int) -> int:
 def _copied(model, old: KVCache, max_len: int) -> KVCache:
     new = model.new_cache(old.batch_size, max_len, device=old.k[0].device, dtype=old.k[0].dtype)
     for a, b in zip(new.tensors(), old.tensors()):
-        d = a.dim() - 2  # slot dim: 2 for keys/values (B, K, S, D), 1 for shift buffers (B, S, F)
-        n = min(a.shape[d], b.shape[d])
-        a.narrow(d, 0, n).copy_(b.narrow(d, 0, n))
+        # every state is indexed by slot from 0 along its slot dims (keys/values (B, K, S, D), shift
+        # buffers (B, S, F), selective gates (B, S, S)...); the other dims are equal
+        for d in range(1, a.dim()):
+            n = min(a.shape[d], b.shape[d])
+            a, b = a.narrow(d, 0, n), b.narrow(d, 0, n)
+        a.copy_(b)
     return new
 
 
