@@ -15,6 +15,7 @@ xt = pytest.importorskip("x_transformers")
 
 from arlm import AutoregressiveWrapper, Decoder, TransformerWrapper  # noqa: E402
 from arlm.export.x_transformers import convert_state_dict  # noqa: E402
+from test_options import OPTIONS  # noqa: E402  (the one option matrix)
 
 V, SEQ = 40, 48
 BASE = dict(dim=32, depth=2, heads=2, attn_dim_head=16)
@@ -86,6 +87,31 @@ def test_step_by_step_cache_equals_full_forward_and_x_transformers(name):
             r_logits, r_cache = ref(x[:, :t], cache=r_cache, return_intermediates=True)
             o_logits, o_cache = ours(x[:, :t], cache=o_cache, return_intermediates=True)
             close(o_logits, r_logits)
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_every_option_decodes_through_the_returned_cache_exactly(name):
+    """For every option of the matrix: prefill, then steps of 1-3 tokens through ``cache=``, past
+    the first cache sizes (the cache grows), and a continuation of an older cache (copied on
+    write), all equal the full forward."""
+    dec, wrap, _ = OPTIONS[name]
+    torch.manual_seed(0)
+    net = TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=Decoder(**{**BASE, **dec}), **wrap).eval()
+    x = ids(2, 21, seed=11)
+    with torch.no_grad():
+        full = net(x)
+        logits, cache = net(x[:, :7], return_intermediates=True)
+        steps, t, older = [logits], 7, None
+        for size in (1, 3, 2, 1, 3, 1, 2, 1):
+            if t == 11:
+                older = cache
+            logits, cache = net(x[:, :t + size], cache=cache, return_intermediates=True)
+            steps.append(logits)
+            t += size
+        close(torch.cat(steps, dim=1), full)
+        assert older is not None and older.cache_length == 11
+        again, _ = net(x[:, :14], cache=older, return_intermediates=True)
+        close(again, full[:, 11:14])
 
 
 def test_input_not_include_cache_feeds_only_new_tokens():
