@@ -48,3 +48,31 @@ def test_rel_pos_kwargs_refuses_keys_it_cannot_map():
     with pytest.raises(TypeError, match="'bias_init'"):
         wrap(attn_data_dependent_alibi=True, attn_data_dependent_alibi_per_row=True,
              attn_data_dependent_alibi_kwargs={"bias_init": 1.0})
+
+
+@pytest.mark.parametrize("dec", [
+    {"attn_data_dependent_alibi": True, "attn_data_dependent_alibi_kwargs": {"bias_init": 0.0}},
+    {"attn_data_dependent_alibi": True, "attn_data_dependent_alibi_per_row": True},
+    {"attn_use_cope": True, "attn_cope_max_pos": 4, "rotary_pos_emb": True},
+], ids=["forget_gates", "forget_gates_per_row", "cope"])
+def test_cached_generation_beams_and_drafts_equal_recomputation(dec):
+    # the options' cache state (log gates, per-row keys) must follow beam reordering and the
+    # slot rewrites of speculative decoding
+    from arlm import AutoregressiveWrapper, Decoder, TransformerWrapper
+
+    torch.manual_seed(0)
+    net = TransformerWrapper(num_tokens=32, max_seq_len=40, attn_layers=Decoder(dim=32, depth=2, heads=2, **dec))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+        net.head.weight.mul_(20)  # greedy paths far from ties
+    model = AutoregressiveWrapper(net).eval()
+    prompts = [torch.randint(0, 32, (n,), generator=g) for n in (3, 7)]
+    greedy = model.generate(prompts, 10, temperature=0.0, cache_kv=False)
+    assert torch.equal(model.generate(prompts, 10, temperature=0.0), greedy)
+    assert torch.equal(model.generate(prompts, 10, temperature=0.0, draft_model=model, num_draft_tokens=3), greedy)
+    beams = model.beam_search(prompts, 8, beams=3, return_beams_and_scores=True)
+    recomputed = model.beam_search(prompts, 8, beams=3, return_beams_and_scores=True, cache_kv=False)
+    assert torch.equal(beams[0], recomputed[0])
+    torch.testing.assert_close(beams[1], recomputed[1], atol=1e-4, rtol=0)
