@@ -160,6 +160,11 @@ NORMS: dict[str, tuple[dict, dict, bool]] = {
     "attn_k_rmsnorm": ({"attn_k_rmsnorm": True, "attn_qk_norm": True, "attn_num_mem_kv": 1}, {}, True),
     "attn_value_rmsnorm": ({"attn_value_rmsnorm": True, "attn_num_mem_kv": 2, "add_value_residual": True}, {}, True),
     "attn_value_rmsnorm_gqa": ({"heads": 4, "attn_kv_heads": 2, "attn_value_rmsnorm": True}, {}, False),  # x-transformers fails on it
+    "enwik8_pre_and_post_norm_polar_qk_rmsnorm": ({"polar_pos_emb": True, "pre_and_post_norm": True,
+                                                   "attn_qk_rmsnorm": True}, {}, True),
+    "qk_norm_dim_scale_latent_kv": ({"attn_use_latent_kv": True, "attn_dim_latent_kv": 16, "attn_qk_norm": True,
+                                     "attn_qk_norm_dim_scale": True}, {}, True),
+    "value_rmsnorm_value_dim_head": ({"attn_value_dim_head": 8, "attn_value_rmsnorm": True}, {}, False),  # x-transformers fails on it
     # (norms: new options go here)
 }
 
