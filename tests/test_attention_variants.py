@@ -194,3 +194,17 @@ def test_latent_cache_decoding_is_exact_with_sharp_attention(name):
         steps += [net(x[:, t:t + 1], input_pos=torch.tensor([t]), cache=cache) for t in range(4, 12)]
     assert cache.latent
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4 * full.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("name", ["attn_head_learned_sink", "sink_gqa_memkv_zerokv_alibi", "attn_latent_rope_subheads",
+                                  "hybrid_gates_swiglu_values"])
+def test_attention_z_loss_matches_x_transformers(name):
+    """The sink is one more logit in every softmax, so it counts in the log-sum-exp there too."""
+    pytest.importorskip("x_transformers")
+    from test_x_transformers_parity import converted
+
+    ref, ours, x = converted(name)
+    with torch.no_grad():
+        _, inter = ref(x, return_attn_z_loss=True, return_intermediates=True)
+        z = ours(x, return_attn_z_loss=True)[1].attn_z_loss
+    torch.testing.assert_close(z, inter.attn_z_loss, atol=1e-7, rtol=1e-5)
