@@ -10,7 +10,8 @@ import torch
 from arlm import Decoder, ModelConfig, TransformerWrapper
 from arlm.config.checks import ConfigError
 
-from test_options import BASE, SEQ, V, build, tokens
+import test_options
+from test_options import ATTN_PROJ, BASE, SEQ, V, build, tokens
 
 
 def wrapper(**dec) -> TransformerWrapper:
@@ -208,3 +209,24 @@ def test_attention_z_loss_matches_x_transformers(name):
         _, inter = ref(x, return_attn_z_loss=True, return_intermediates=True)
         z = ours(x, return_attn_z_loss=True)[1].attn_z_loss
     torch.testing.assert_close(z, inter.attn_z_loss, atol=1e-7, rtol=1e-5)
+
+
+def _perturbed(build, scale: float):
+    def perturbed(name: str, seed: int = 0):
+        net = build(name, seed)
+        g = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+        return net
+    return perturbed
+
+
+@pytest.mark.parametrize("check", [test_options.test_causal_and_cache_exact,
+                                   test_options.test_left_padded_rows_equal_solo_rows])
+@pytest.mark.parametrize("name", ATTN_PROJ)
+def test_option_with_perturbed_weights(name, check, monkeypatch):
+    """The gates start at zero, the sink at 0 and attention nearly uniform at the 0.02 init, so
+    the option matrix barely exercises them; the same checks with every weight moved off its init."""
+    monkeypatch.setattr(test_options, "build", _perturbed(test_options.build, 0.2))
+    check(name)
