@@ -97,6 +97,8 @@ POSITIONS: dict[str, tuple[dict, dict, bool]] = {
     "alibi_custom_slopes": ({"heads": 4, "alibi_pos_bias": True, "alibi_num_heads": 2,
                              "rel_pos_kwargs": {"slopes": [0.5, 0.125]}}, {}, True),
     "polar_pos_emb": ({"rotary_pos_emb": False, "polar_pos_emb": True}, {}, True),
+    # x-transformers' enwik8 example (at test size)
+    "polar_pre_and_post_norm": ({"rotary_pos_emb": False, "polar_pos_emb": True, "pre_and_post_norm": True}, {}, True),
     "polar_zero_kv_memory_abs": ({"polar_pos_emb": True, "attn_add_zero_kv": True, "disable_abs_pos_emb": False},
                                  {"num_memory_tokens": 1}, True),
     "polar_alibi_topk": ({"polar_pos_emb": True, "alibi_pos_bias": True, "attn_sparse_topk": 4}, {}, True),
