@@ -297,6 +297,11 @@ ATTN_SCORES: dict[str, tuple[dict, dict, bool]] = {
     "cog_residual_attn": ({"attn_cog_signed": True, "residual_attn": True}, {}, False),
     "sigmoid_window_alibi_memkv": ({"attn_sigmoid": True, "attn_max_attend_past": 4, "alibi_pos_bias": True,
                                     "attn_num_mem_kv": 1}, {"num_memory_tokens": 1}, True),
+    "selective_cope_softclamp": ({"attn_selective": True, "attn_use_cope": True, "attn_cope_max_pos": 8,
+                                  "attn_softclamp_logits": True}, {}, True),
+    "laser_l2_sink_gqa": ({"attn_laser": True, "attn_l2_distance": True, "attn_head_learned_sink": True,
+                           "heads": 4, "attn_kv_heads": 2}, {}, True),
+    "sigmoid_cog_qk_norm": ({"attn_sigmoid": True, "attn_cog_signed": True, "attn_qk_norm": True}, {}, True),
     "hard_selective_rel_pos": ({"attn_hard": True, "attn_selective": True, "rel_pos_bias": True,
                                 "rel_pos_num_buckets": 8, "rel_pos_max_distance": 16}, {}, True),
 }
