@@ -302,6 +302,10 @@ ATTN_SCORES: dict[str, tuple[dict, dict, bool]] = {
     "laser_l2_sink_gqa": ({"attn_laser": True, "attn_l2_distance": True, "attn_head_learned_sink": True,
                            "heads": 4, "attn_kv_heads": 2}, {}, True),
     "sigmoid_cog_qk_norm": ({"attn_sigmoid": True, "attn_cog_signed": True, "attn_qk_norm": True}, {}, True),
+    "per_layer_laser_l2": ({"attn_laser": (True, False), "attn_laser_softclamp_value": (2.0, 15.0),
+                            "attn_l2_distance": (False, True)}, {}, True),
+    "per_layer_topk_straight_through": ({"attn_sparse_topk": 3, "attn_sparse_topk_straight_through": (True, False)},
+                                        {}, True),
     "hard_selective_rel_pos": ({"attn_hard": True, "attn_selective": True, "rel_pos_bias": True,
                                 "rel_pos_num_buckets": 8, "rel_pos_max_distance": 16}, {}, True),
 }

@@ -28,6 +28,12 @@ PER_LAYER_FIELDS["attn"] += (
     "attn_orthog_projected_values", "attn_orthog_projected_values_per_head",
 )
 
+# attention scores and kernels that keep the attention path (fused or explicit) and the cache shape
+PER_LAYER_FIELDS["attn"] += (
+    "attn_laser", "attn_laser_softclamp_value", "attn_l2_distance", "attn_sparse_topk_straight_through",
+    "attn_gumbel_softmax_temp", "attn_gumbel_softmax_hard",
+)
+
 # attention options that leave keys, values and the dot-product kernel alone: multi-head latent
 # attention can cache its latent with them (ModelConfig.latent_kv_cache)
 _LATENT_CACHE_SAFE = frozenset((
