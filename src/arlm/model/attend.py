@@ -128,14 +128,14 @@ def selective_penalty(s0: torch.Tensor, gateable: torch.Tensor, store: torch.Ten
     gateable (B|1, T, S): keys a query may lower (visible, not itself, not the first token, not
     memory/zero key-values). Without a cache the T queries are the sequence from its start (an
     exclusive running sum). With one, each query's gates are kept at its slot in ``store``
-    (B, R, S), and a query sums the rows of the slots before its own: exact under decoding, a
+    (B, R, S), fp32, and a query sums the rows of the slots before its own: exact under decoding, a
     multi-token step, and a rewound cache (rows past the cursor are never read)."""
-    g = torch.relu(s0).masked_fill(~gateable, 0.0)  # (B, T, S)
+    g = torch.relu(s0.float()).masked_fill(~gateable, 0.0)  # (B, T, S), summed in fp32
     if store is None:
-        return F.pad(g, (0, 0, 1, -1)).cumsum(dim=1)  # row t: sum of rows < t
-    store.index_copy_(1, slots, g.to(store.dtype))
+        return F.pad(g, (0, 0, 1, -1)).cumsum(dim=1).to(s0.dtype)  # row t: sum of rows < t
+    store.index_copy_(1, slots, g)
     earlier = torch.arange(store.shape[1], device=slots.device)[None, :] < slots[:, None]  # (T, R)
-    return torch.matmul(earlier.to(store.dtype), store).to(s0.dtype)  # (B, T, S)
+    return torch.matmul(earlier.float(), store).to(s0.dtype)  # (B, T, S)
 
 
 def l2_distance_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,7 +42,7 @@ class KVCache:
     options are on. ``shift`` (N tensors (B, prefix + max_len, F)) keeps earlier tokens'
     features for token shifting (None unless ``shift_tokens``). ``running`` (N tensors
     (B, prefix + max_len, R), fp32) keeps running sums over positions for ``mv_split_residual``
-    (None unless it is on). ``select`` (L tensors (B, prefix + max_len, kv_prefix + prefix +
+    (None unless it is on). ``select`` (L float32 tensors (B, prefix + max_len, kv_prefix + prefix +
     max_len)) keeps each query's selective-attention gates on the keys, at its slot (None unless
     ``attn_selective``). ``max_len`` counts token slots only.
     ``key_dim``: the key width when it differs from the value width (polar positions: 2D).
@@ -68,8 +68,8 @@ class KVCache:
                          for _ in range(running_layers)] if running_layers else None)
         self.forget = ([torch.zeros(batch, *forget_shape, device=device, dtype=torch.float32)
                         for _ in range(depth)] if forget_shape else None)
-        self.select = ([torch.zeros(batch, prefix + max_len, shape[2], device=device, dtype=dtype) for _ in range(depth)]
-                       if select else None)
+        self.select = ([torch.zeros(batch, prefix + max_len, shape[2], device=device, dtype=torch.float32)
+                        for _ in range(depth)] if select else None)
 
     @property
     def batch_size(self) -> int:
