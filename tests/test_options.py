@@ -211,6 +211,9 @@ ATTN_PROJ: dict[str, tuple[dict, dict, bool]] = {
     # x-transformers' memory values keep the query head size, so it fails on this combination
     "value_dim_head_gqa_memkv_zerokv": ({"heads": 4, "attn_kv_heads": 2, "attn_value_dim_head": 24, "attn_num_mem_kv": 2,
                                          "attn_add_zero_kv": True, "add_value_residual": True}, {}, False),
+    # x-transformers' value norm takes the query head size, so it fails on this combination
+    "value_dim_head_value_rmsnorm_laser": ({"attn_value_dim_head": 8, "attn_value_rmsnorm": True, "attn_laser": True,
+                                            "attn_qk_rmsnorm": True}, {}, False),
     "attn_zero_init_output": ({"attn_zero_init_output": True}, {}, True),
     "attn_sublayer_dropout": ({"attn_sublayer_dropout": 0.1}, {}, True),
     # an init only; x-transformers' Decoder passes its own output_proj_depth, so the keyword fails there
@@ -231,6 +234,9 @@ ATTN_PROJ: dict[str, tuple[dict, dict, bool]] = {
     "attn_head_learned_sink": ({"attn_head_learned_sink": True, "rotary_pos_emb": True}, {}, True),
     "sink_gqa_memkv_zerokv_alibi": ({"attn_head_learned_sink": True, "heads": 4, "attn_kv_heads": 2,
                                      "attn_num_mem_kv": 2, "attn_add_zero_kv": True, "alibi_pos_bias": True}, {}, True),
+    "sink_laser_gqa": ({"attn_head_learned_sink": True, "attn_laser": True, "heads": 4, "attn_kv_heads": 2},
+                                 {}, True),
+    "sink_l2_distance": ({"attn_head_learned_sink": True, "attn_l2_distance": True}, {}, True),
     "sink_memory_tokens_window": ({"attn_head_learned_sink": True, "rotary_pos_emb": True, "attn_max_attend_past": 3},
                                   {"num_memory_tokens": 2}, True),
     # x-transformers projects over the whole sequence (not causal); arlm projects per token
