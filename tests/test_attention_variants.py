@@ -230,3 +230,18 @@ def test_option_with_perturbed_weights(name, check, monkeypatch):
     the option matrix barely exercises them; the same checks with every weight moved off its init."""
     monkeypatch.setattr(test_options, "build", _perturbed(test_options.build, 0.2))
     check(name)
+
+
+def test_latent_attention_built_on_the_meta_device_loads_and_decodes():
+    """Derived buffers (the absorbed projections' head index) exist after an assign-load."""
+    from arlm import Transformer
+
+    net = build("latent_kv_cache_gqa").eval()
+    with torch.device("meta"):
+        lazy = Transformer(net.cfg)
+    lazy.load_state_dict(net.state_dict(), assign=True)
+    lazy.eval()
+    x = tokens(1, 6, seed=0)
+    with torch.no_grad():
+        cache = lazy.new_cache(1, SEQ)
+        torch.testing.assert_close(lazy(x, input_pos=torch.arange(6), cache=cache), net(x), atol=1e-5, rtol=0)

@@ -6,7 +6,8 @@ size, Dv value head size, C model dim.
 
 Each piece works on one token's features at a time (or on parameters), so every option here is
 causal and exact under the KV cache by construction; the learned sink adds a key column that
-every query sees.
+every query sees. Multi-head latent attention can also decode from a cache of latents
+(``LatentQKV.absorbed``, ``Attention._latent_attention``).
 """
 
 from __future__ import annotations
@@ -162,8 +163,9 @@ class LatentQKV(nn.Module):
         self.v = nn.Linear(kv_in, K * Dv, bias=False)
         self.rope_k = nn.Linear(cfg.dim, n * D, bias=False) if n else None
         self.n_rope = n
-        # the KV head each query head reads (h % K), for the absorbed projections
-        self.register_buffer("kv_index", torch.arange(H) % K, persistent=False)
+        # the KV head each query head reads (h % K), for the absorbed projections; derived, so made
+        # on the CPU even under a meta device (not in the state dict; .to() moves it)
+        self.register_buffer("kv_index", torch.arange(H, device="cpu") % K, persistent=False)
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """x (B, T, C) -> queries (B, T, H, D), the key/value latent (B, T, L) and the decoupled
