@@ -167,6 +167,8 @@ NORMS: dict[str, tuple[dict, dict, bool]] = {
     "qk_norm_dim_scale_latent_kv": ({"attn_use_latent_kv": True, "attn_dim_latent_kv": 16, "attn_qk_norm": True,
                                      "attn_qk_norm_dim_scale": True}, {}, True),
     "value_rmsnorm_value_dim_head": ({"attn_value_dim_head": 8, "attn_value_rmsnorm": True}, {}, False),  # x-transformers fails on it
+    "per_layer_qkv_norms": ({"attn_qk_norm": True, "attn_qk_norm_dim_scale": (True, False), "attn_qk_rmsnorm": (False, True),
+                             "attn_value_rmsnorm": (True, False), "attn_num_mem_kv": 1}, {}, True),
     # (norms: new options go here)
 }
 

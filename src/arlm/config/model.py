@@ -33,6 +33,8 @@ PER_LAYER_FIELDS["attn"] += (
     "attn_laser", "attn_laser_softclamp_value", "attn_l2_distance", "attn_sparse_topk_straight_through",
     "attn_gumbel_softmax_temp", "attn_gumbel_softmax_hard",
 )
+# query/key/value norms: each builds its own layer's modules (the cache holds normalised keys and values)
+PER_LAYER_FIELDS["attn"] += ("qk_norm_groups", "qk_norm_dim_scale", "qk_rmsnorm", "k_rmsnorm", "value_rmsnorm")
 
 # attention options that leave keys, values and the dot-product kernel alone: multi-head latent
 # attention can cache its latent with them (ModelConfig.latent_kv_cache)
