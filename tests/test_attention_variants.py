@@ -12,6 +12,7 @@ from arlm.config.checks import ConfigError
 
 import test_options
 from test_options import ATTN_PROJ, BASE, SEQ, V, build, tokens
+from test_positions import _perturbed_build
 
 
 def wrapper(**dec) -> TransformerWrapper:
@@ -197,38 +198,13 @@ def test_latent_cache_decoding_is_exact_with_sharp_attention(name):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4 * full.abs().max().item(), rtol=0)
 
 
-@pytest.mark.parametrize("name", ["attn_head_learned_sink", "sink_gqa_memkv_zerokv_alibi", "attn_latent_rope_subheads",
-                                  "hybrid_gates_swiglu_values"])
-def test_attention_z_loss_matches_x_transformers(name):
-    """The sink is one more logit in every softmax, so it counts in the log-sum-exp there too."""
-    pytest.importorskip("x_transformers")
-    from test_x_transformers_parity import converted
-
-    ref, ours, x = converted(name)
-    with torch.no_grad():
-        _, inter = ref(x, return_attn_z_loss=True, return_intermediates=True)
-        z = ours(x, return_attn_z_loss=True)[1].attn_z_loss
-    torch.testing.assert_close(z, inter.attn_z_loss, atol=1e-7, rtol=1e-5)
-
-
-def _perturbed(build, scale: float):
-    def perturbed(name: str, seed: int = 0):
-        net = build(name, seed)
-        g = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            for p in net.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * scale)
-        return net
-    return perturbed
-
-
 @pytest.mark.parametrize("check", [test_options.test_causal_and_cache_exact,
                                    test_options.test_left_padded_rows_equal_solo_rows])
 @pytest.mark.parametrize("name", ATTN_PROJ)
 def test_option_with_perturbed_weights(name, check, monkeypatch):
     """The gates start at zero, the sink at 0 and attention nearly uniform at the 0.02 init, so
     the option matrix barely exercises them; the same checks with every weight moved off its init."""
-    monkeypatch.setattr(test_options, "build", _perturbed(test_options.build, 0.2))
+    monkeypatch.setattr(test_options, "build", _perturbed_build(test_options.build))
     check(name)
 
 

@@ -77,7 +77,10 @@ def test_padded_vocabulary_rows_are_zero_and_logits_still_match():
         torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["baseline", "rotary_pos_emb", "alibi_pos_bias", "attn_softclamp_logits", "attn_kv_heads"])
+@pytest.mark.parametrize("name", ["baseline", "rotary_pos_emb", "alibi_pos_bias", "attn_softclamp_logits", "attn_kv_heads",
+                                  # a learned sink is one more logit in every softmax, so it counts here too
+                                  "attn_head_learned_sink", "sink_gqa_memkv_zerokv_alibi", "attn_latent_rope_subheads",
+                                  "hybrid_gates_swiglu_values"])
 def test_attention_z_loss_matches_x_transformers(name):
     ref, ours, x = converted(name)
     with torch.no_grad():
