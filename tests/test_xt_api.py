@@ -381,6 +381,10 @@ def test_autoregressive_wrapper_lens_and_network_keywords_match_x_transformers()
         assert not torch.allclose(got, o(seq))
         pos = torch.arange(10) * 2  # per-token keywords cover x, as x-transformers
         close(o(seq, pos=pos), r(seq, pos=pos))
+        loss, (logits, inter) = o(seq, return_outputs=True)  # x-transformers' layout
+        rloss, (rlogits, _) = r(seq, return_outputs=True)
+        close(loss, rloss), close(logits, rlogits)
+        assert len(inter.attn_intermediates) == 2
 
 
 def test_beam_search_layout_is_x_transformers_beams_first_by_default():

@@ -60,7 +60,9 @@ class AutoregressiveWrapper(nn.Module):
 
     def forward(self, x: torch.Tensor, return_outputs: bool = False, prepend_embeds: torch.Tensor | None = None,
                 lens: torch.Tensor | None = None, **kwargs):
-        """Mean next-token cross-entropy of x (B, T+1); with ``return_outputs`` also the logits.
+        """Mean next-token cross-entropy of x (B, T+1); with ``return_outputs`` also
+        ``(logits, intermediates)`` as x-transformers (the intermediates of a ``TransformerWrapper``
+        forward; None for a bare ``Transformer``).
 
         As x-transformers: ``prepend_embeds`` (B, P, C) go in front of the tokens (their rows
         are not scored), ``lens`` (B,) marks each row's real length (later targets ignored), other
@@ -90,15 +92,20 @@ class AutoregressiveWrapper(nn.Module):
             v = kwargs.get(name)
             if v is not None and v.shape[min(1, v.dim() - 1)] == x.shape[1]:
                 kwargs[name] = v[..., :-1] if name != "sum_embeds" else v[:, :-1]
+        # a TransformerWrapper speaks x-transformers: (logits, intermediates) carry the z-loss
+        xt_net = hasattr(self.net, "attn_qk_clip_")
+        if return_outputs and xt_net:
+            kw["return_intermediates"] = True
         out = self.net(inp, **kw, **kwargs)
-        logits, z_loss = out if z else (out, None)
-        z_loss = getattr(z_loss, "attn_z_loss", z_loss)  # a TransformerWrapper returns x-transformers' intermediates
+        logits, aux = out if (z or (return_outputs and xt_net)) else (out, None)
+        z_loss = (aux.attn_z_loss if xt_net else aux) if z else None
+        inter = aux if xt_net else None
         if prepend_embeds is not None:
             logits = logits[:, prepend_embeds.shape[1]:]
         loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=self.ignore_index)
         if z_loss is not None:
             loss = loss + z_loss
-        return (loss, logits) if return_outputs else loss
+        return (loss, (logits, inter)) if return_outputs else loss
 
     def _prepare(self, prompts, prompt_lens, truncate_prompt: bool):
         """-> (ids (B, T) left-padded, start (B,) or None), validated and fitted to the context."""
