@@ -208,6 +208,53 @@ RESIDUAL: dict[str, tuple[dict, dict, bool]] = {
     # (residual and layer structure: new options go here)
 }
 
+# several residual streams and layer integration (model/streams.py)
+STREAMS: dict[str, tuple[dict, dict, bool]] = {
+    "hyper_connections": ({"num_residual_streams": 4}, {}, True),
+    "hyper_connections_sinkhorn_iters": ({"num_residual_streams": 3, "hyper_conn_sinkhorn_iters": 2}, {}, True),
+    "hyper_connections_mhc": ({"num_residual_streams": 3, "hyper_conn_residual_mix": "sinkhorn"}, {}, False),  # arlm-only
+    "hyper_connections_qkv": ({"num_residual_streams": 2, "qkv_receive_diff_residuals": True}, {}, True),
+    "hyper_connections_post_norm": ({"num_residual_streams": 2, "pre_norm": False, "sandwich_norm": False}, {}, True),
+    "hyper_connections_memory": ({"num_residual_streams": 2, "rotary_pos_emb": True, "softclamp_output": True,
+                                  "softclamp_output_value": 2.0}, {"num_memory_tokens": 2}, True),
+    "hyper_connections_qkv_mem_kv": ({"num_residual_streams": 2, "qkv_receive_diff_residuals": True, "attn_num_mem_kv": 1,
+                                      "attn_gate_values": True}, {"num_memory_tokens": 1},
+                                     False),  # x-transformers' memory kv and value gate break on three views
+    "hyper_connections_shift_macaron": ({"num_residual_streams": 2, "shift_tokens": 1, "macaron": True,
+                                         "sandwich_norm": True, "alibi_pos_bias": True}, {}, True),
+    "hyper_connections_execute_order": ({"num_residual_streams": 2, "layers_execute_order": (0, 1, 0, 1, 2, 3)},
+                                        {}, True),
+    "hyper_connections_unet_skips": ({"num_residual_streams": 2, "depth": 4, "unet_skips": True}, {}, True),
+    "hyper_connections_reinject": ({"num_residual_streams": 2, "reinject_input": True}, {},
+                                   False),  # x-transformers adds the (B*N)-row input to B-row branch inputs
+    "gated_multi_residual_reinject": ({"gated_multi_residual": True, "residual_fn_kwargs": {"read_gate_rank": 4},
+                                       "reinject_input": True, "learned_reinject_input_gate": True}, {}, True),
+    "hyper_connections_pre_and_post_norm": ({"num_residual_streams": 2, "pre_and_post_norm": True, "use_layerscale": True,
+                                            "layerscale_init_value": 0.5}, {}, True),
+    # without a final norm the summed streams grow N-fold per branch: soft-capped so fp32 logits compare at 1e-5
+    "hyper_connections_no_final_norm": ({"num_residual_streams": 2, "pre_norm_has_final_norm": False,
+                                         "softclamp_output": True, "softclamp_output_value": 4.0}, {}, True),
+    "integrate_layers": ({"integrate_layers": True}, {}, True),
+    "integrate_layers_relu": ({"integrate_layers": True, "layer_integrate_use_softmax": False, "macaron": True}, {}, True),
+    "integrate_layers_hyper": ({"integrate_layers": True, "num_residual_streams": 2, "gate_residual": False,
+                                "rotary_pos_emb": True}, {}, True),
+    "integrate_layers_memory": ({"integrate_layers": True, "gate_residual": True, "attn_gate_values": True,
+                                 "add_value_residual": True, "attn_num_mem_kv": 1}, {"num_memory_tokens": 1}, False),
+    "gated_multi_residual": ({"gated_multi_residual": True, "num_residual_streams": 3,
+                              "residual_fn_kwargs": {"read_gate_rank": 4}}, {}, True),
+    "gated_multi_residual_single": ({"gated_multi_residual": True, "residual_fn_kwargs": {"read_gate_rank": 4}},
+                                    {}, True),
+    "gated_multi_residual_qkv": ({"gated_multi_residual": True, "num_residual_streams": 2,
+                                  "qkv_receive_diff_residuals": True, "residual_fn_kwargs": {"read_gate_rank": 4}},
+                                 {}, True),
+    "attn_aggregated_residuals": ({"attn_aggregated_residuals": True,
+                                   "attn_aggregated_residual_kwargs": {"lora_rank": 8}}, {}, True),
+    "attn_aggregated_residuals_qkv": ({"attn_aggregated_residuals": True, "qkv_receive_diff_residuals": True,
+                                       "attn_aggregated_residual_kwargs": {"lora_rank": 8}}, {}, True),
+    "attn_aggregated_residuals_hyper": ({"attn_aggregated_residuals": True, "num_residual_streams": 2,
+                                         "attn_aggregated_residual_kwargs": {"lora_rank": 4}}, {}, True),
+}
+
 ATTN_PROJ: dict[str, tuple[dict, dict, bool]] = {
     "attn_value_dim_head": ({"attn_value_dim_head": 8, "rotary_pos_emb": True}, {}, True),
     # x-transformers' memory values keep the query head size, so it fails on this combination
@@ -363,7 +410,7 @@ EMBEDDING: dict[str, tuple[dict, dict, bool]] = {
 }
 
 OPTIONS: dict[str, tuple[dict, dict, bool]] = {
-    **CORE, **POSITIONS, **NORMS, **RESIDUAL, **ATTN_PROJ, **ATTN_SCORES, **FEEDFORWARD, **EMBEDDING,
+    **CORE, **POSITIONS, **NORMS, **RESIDUAL, **STREAMS, **ATTN_PROJ, **ATTN_SCORES, **FEEDFORWARD, **EMBEDDING,
 }
 
 def build(name: str, seed: int = 0) -> TransformerWrapper:

@@ -155,6 +155,17 @@ class ModelConfig:
     mv_split_init_alpha: float = 0.0
     mv_split_init_beta: float = 0.03
     # (residual: new options go here)
+    # multi-stream (model/streams.py): several residual streams and layer integration
+    num_residual_streams: int = 1  # > 1: hyper-connections (Zhu et al. 2024)
+    hyper_conn_sinkhorn_iters: int = 5
+    hyper_conn_residual_mix: str = "sum"  # sum (x-transformers 2.31.10) | sinkhorn (the mHC paper)
+    integrate_layers: bool = False  # LIMe (Gerasimov et al. 2025)
+    layer_integrate_use_softmax: bool = True
+    qkv_receive_diff_residuals: bool = False
+    gated_multi_residual: bool = False
+    gated_multi_read_gate_rank: int | None = None  # x-transformers' residual_fn_kwargs read_gate_rank
+    attn_aggregated_residuals: bool = False
+    attn_aggregated_lora_rank: int = 64  # x-transformers' attn_aggregated_residual_kwargs lora_rank
 
     # --- attention (model/attention.py, model/attend.py) ---
     max_attend_past: int | None = None  # sliding window: a query sees at most this many earlier positions
@@ -466,6 +477,7 @@ class ModelConfig:
         self._validate_positions()
         self._validate_norms()
         self._validate_residual()
+        self._validate_streams()
         self._validate_attention_projections()
         self._validate_attention_scores()
         self._validate_feedforward()
@@ -627,6 +639,77 @@ class ModelConfig:
                                   + ", ".join("model." + n for n in custom or ["weight_tie_layers"]))
             if self.depth < 2:
                 raise ConfigError("model.unet_skips needs model.depth >= 2 (first half skips to second half)")
+
+    @property
+    def multi_stream(self) -> bool:
+        """The residual is carried as (B, T, N, C) streams: hyper-connections or gated multi-residual."""
+        return self.num_residual_streams > 1 or self.gated_multi_residual
+
+    @property
+    def qkv_views(self) -> bool:
+        """Attention reads queries, keys and values from three views (layer integration implies it)."""
+        return self.qkv_receive_diff_residuals or self.integrate_layers
+
+    def _validate_streams(self) -> None:
+        for name, low in (("num_residual_streams", 1), ("hyper_conn_sinkhorn_iters", 0), ("attn_aggregated_lora_rank", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ConfigError(f"model.{name} must be an integer >= {low}, got {v!r}")
+        _choice(self, "hyper_conn_residual_mix", ("sum", "sinkhorn"))
+        hyper = self.num_residual_streams > 1 and not self.gated_multi_residual
+        mixer = "hyper-connections (num_residual_streams > 1)" if hyper else "model.gated_multi_residual"
+        if self.multi_stream:
+            for name in ("gate_residual", "scale_residual", "orthog_residual", "mv_split_residual"):
+                if getattr(self, name):
+                    raise ConfigError(f"model.{name} cannot be combined with {mixer}: the streams replace the "
+                                      "single residual it updates")
+            if self.scale_residual_constant != 1.0:
+                raise ConfigError(f"model.scale_residual_constant cannot be combined with {mixer} (x-transformers "
+                                  "silently ignores it there)")
+        if self.gated_multi_residual:
+            r = self.gated_multi_read_gate_rank
+            if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+                raise ConfigError(f"model.gated_multi_residual needs model.gated_multi_read_gate_rank, an integer >= 1 "
+                                  f"(x-transformers: residual_fn_kwargs=dict(read_gate_rank=...)), got {r!r}")
+            for name, value in (("sandwich_norm", True), ("pre_and_post_norm", True), ("pre_norm_has_final_norm", False)):
+                if getattr(self, name) == value:
+                    raise ConfigError(f"model.{name}={value} cannot be combined with model.gated_multi_residual (its read "
+                                      "gate normalises, so the block has no pre-norm; each stream is normalised after "
+                                      "every branch and at the end)")
+        elif self.gated_multi_read_gate_rank is not None:
+            raise ConfigError("model.gated_multi_read_gate_rank needs model.gated_multi_residual=true")
+        if self.integrate_layers and self.attn_aggregated_residuals:
+            raise ConfigError("choose one of model.integrate_layers and model.attn_aggregated_residuals")
+        if self.attn_aggregated_residuals:
+            for name in ("gate_residual", "gated_multi_residual", "orthog_residual", "mv_split_residual",
+                         "depth_scale_residual"):
+                if getattr(self, name):
+                    raise ConfigError(f"model.attn_aggregated_residuals cannot be combined with model.{name}")
+            if self.branch_output_scale != 1.0:
+                raise ConfigError("model.attn_aggregated_residuals cannot be combined with a numeric scale_residual / "
+                                  "depth_scale_residual (model.branch_output_scale; x-transformers silently drops it)")
+            if self.attn_aggregated_lora_rank >= self.dim:
+                raise ConfigError(f"model.attn_aggregated_lora_rank={self.attn_aggregated_lora_rank} must be < "
+                                  f"model.dim={self.dim}")
+            if self.qkv_receive_diff_residuals and self.multi_stream:
+                raise ConfigError(f"model.attn_aggregated_residuals with model.qkv_receive_diff_residuals and {mixer}: "
+                                  "the streams would hand attention three views that the aggregation cannot stack "
+                                  "with the other layers' inputs")
+        if self.integrate_layers and self.execute_order != tuple(range(len(self.layer_types))):
+            raise ConfigError("model.integrate_layers needs every sublayer to run once, in layout order (its mixer has "
+                              "one weight per earlier layer); it cannot be combined with model.weight_tie_layers or "
+                              "model.layers_execute_order")
+        if self.qkv_receive_diff_residuals and not (self.multi_stream or self.integrate_layers
+                                                    or self.attn_aggregated_residuals):
+            raise ConfigError("model.qkv_receive_diff_residuals needs something that makes three views: "
+                              "num_residual_streams > 1, gated_multi_residual, integrate_layers or "
+                              "attn_aggregated_residuals")
+        if self.qkv_views and (self.attn_use_latent_q or self.attn_use_latent_kv):
+            raise ConfigError("multi-head latent attention (model.attn_use_latent_q / attn_use_latent_kv) cannot take "
+                              "separate query/key/value views (qkv_receive_diff_residuals or integrate_layers)")
+        if self.qkv_views and self.shift_tokens:
+            raise ConfigError("model.shift_tokens cannot be combined with separate query/key/value views "
+                              "(qkv_receive_diff_residuals or integrate_layers)")
 
     def _validate_attention_projections(self) -> None:
         for name in ("attn_value_dim_head", "attn_gate_values_rank", "attn_output_gate_rank", "attn_dim_latent_q",

@@ -48,6 +48,22 @@ _ATTN = {
     "attend.cope.pos_emb": "cope.pos_emb",
 }
 
+# Several residual streams and layer integration (model/streams.py). A stream mixer (slot 2 of a
+# layer) keeps x-transformers' parameter names under blocks.N.route.<kind>.mixer.
+_MIXER = re.compile(r"^(norm\.weight|static_(alpha|beta)|dynamic_(alpha|beta)_(fn|scale)|read_gain|"
+                    r"static_(read|write)_logit|dynamic_gate_scale|to_(bottleneck|read_gate|write_gate)\.weight)$")
+# attn_layers.layer_integrators.J.<name> -> blocks.N.route.<kind>.integrate.<name>
+_INTEGRATOR = {
+    "to_weights.0.g": "norm.weight",  # LIMe: RMSNorm (no unit offset) -> Linear -> softmax
+    "to_weights.1.weight": "proj.weight",
+    "to_weights.1.bias": "proj.bias",
+    "to_keys.weight": "key_norm.weight",  # attention over depth
+    "to_query.0.weight": "query_in_norm.weight",
+    "to_query.1.down.weight": "query_down.weight",
+    "to_query.1.up.weight": "query_up.weight",
+    "norm.weight": "query_norm.weight",
+}
+
 
 def convert_state_dict(state_dict: dict[str, torch.Tensor], model, *,
                        norm_unit_offset: bool | None = None) -> dict[str, torch.Tensor]:
@@ -78,6 +94,11 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], model, *,
         if m:
             if not _layer_param(model, int(m.group(1)), int(m.group(2)), m.group(3), value, offset, put, qkv):
                 unused.append(key)
+            continue
+        m = re.match(r"^attn_layers\.layer_integrators\.(\d+)\.(.+)$", key)
+        if m and int(m.group(1)) < len(model.layer_map) and m.group(2) in _INTEGRATOR:
+            block, kind = model.layer_map[int(m.group(1))]
+            put(f"blocks.{block}.route.{kind}.integrate.{_INTEGRATOR[m.group(2)]}", value)
             continue
         name = _top_level(key, value, cfg, offset) or _residual_top_level(key, value, model)
         if name is None:
@@ -155,6 +176,8 @@ def _top_level(key: str, value: torch.Tensor, cfg, offset: float):
         return key, value
     if re.match(r"^embeds\.\w+_embed\.weight$", key):  # embed_num_tokens tables
         return key, value
+    if key == "attn_layers.stream_emb":
+        return "streams.emb", value
     if key == "post_emb_norm.gamma":  # plain LayerNorm there, no unit offset
         return "post_emb_norm.weight", value
     if key.startswith("attn_layers.final_norm."):
@@ -194,7 +217,8 @@ def _layer_param(model, j: int, slot: int, rest: str, value, offset: float, put,
             return False
         # 0: pre-branch norm, 1: sandwich norm, 2: norm after the residual sum -- arlm's {kind}_norm
         # in a post-norm stack, {kind}_residual_norm with pre_and_post_norm
-        after = f"{kind}_residual_norm" if model.cfg.pre_norm else f"{kind}_norm"
+        # (gated multi-residual blocks are post-norm: model/streams.py)
+        after = f"{kind}_residual_norm" if model.cfg.pre_norm and not model.cfg.gated_multi_residual else f"{kind}_norm"
         which = {"0": f"{kind}_norm", "1": f"{kind}_post_norm", "2": after}[m.group(1)]
         name = _norm_param(f"{prefix}.{which}", m.group(2), value, model.cfg, offset)
         if name is None:
@@ -211,6 +235,9 @@ def _layer_param(model, j: int, slot: int, rest: str, value, offset: float, put,
         m = re.match(r"^gru\.(weight_ih|weight_hh|bias_ih|bias_hh)$", rest)
         if m:
             put(f"{prefix}.{kind}_gate.{m.group(1)}", value)
+            return True
+        if _MIXER.match(rest):
+            put(f"{prefix}.route.{kind}.mixer.{rest}", value)
             return True
         return False
     if rest == "gamma":  # LayerScale wraps the branch

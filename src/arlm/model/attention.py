@@ -191,14 +191,18 @@ class Attention(nn.Module):
         self.selective = cfg.attn_selective
         self.l2_distance = cfg.attn_l2_distance
         self.laser = cfg.attn_laser_softclamp_value if cfg.attn_laser else None
+        self.qkv_views = cfg.qkv_views  # some calls get separate query/key/value inputs (model/streams.py)
 
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
-        B, T, _ = x.shape
+        B, T = x.shape[-3:-1]
         H, K, D, Dv = self.heads, self.kv_heads, self.head_dim, self.value_dim
         mods = self._modules
         if self.latent_cache and ctx.cache is not None and ctx.cache.latent:
             return self._output(*self._latent_attention(x, ctx, step), x)
-        if self.latent is None:
+        if self.qkv_views and x.dim() == 4:  # (3, B, T, C): q, k, v from different views (model/streams.py)
+            qk, v = self._project_views(x)
+            x = x[0]  # the query view also drives the gates and the value-residual mix
+        elif self.latent is None:
             qk, v = call(mods["qkv"], x).split(((H + K) * D, K * Dv), dim=-1)
             qk = qk.view(B, T, H + K, D)  # queries and keys side by side: norm and rotate them at once
         else:
@@ -374,6 +378,13 @@ class Attention(nn.Module):
         if ctx.cache is not None:  # rows: query slots in use; columns: the S key columns read
             store = ctx.cache.select[ctx.steps[step].kv_layer].narrow(2, 0, S).narrow(1, 0, S - self.kv_prefix)
         return functools.partial(selective_penalty, gateable=ctx.gateable, store=store, slots=ctx.slots)
+
+    def _project_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (3, B, T, C) -> queries and keys (B, T, H + K, D) from views 0 and 1, values (B, T, K * Dv) from view 2."""
+        H, K, D = self.heads, self.kv_heads, self.head_dim
+        w = self.qkv.weight
+        qk = torch.cat((F.linear(x[0], w[:H * D]), F.linear(x[1], w[H * D:(H + K) * D])), dim=-1)
+        return qk.unflatten(-1, (H + K, D)), F.linear(x[2], w[(H + K) * D:])
 
     def _mix_values(self, x, v, ctx: Context, step: int) -> torch.Tensor:
         """The first attention call stores its values; later calls interpolate towards them with a

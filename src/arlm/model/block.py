@@ -32,13 +32,15 @@ class Block(nn.Module):
     RWKV): part of each branch input comes from the previous ``shift_tokens`` positions.
     """
 
-    def __init__(self, cfg: ModelConfig, attn: bool = True, ff: bool = True, value_mix: bool = False):
+    def __init__(self, cfg: ModelConfig, attn: bool = True, ff: bool = True, value_mix: bool = False,
+                 route: nn.ModuleDict | None = None):
         super().__init__()
         self.attn_norm = make_norm(cfg) if attn else None
         self.attn = Attention(cfg, value_mix) if attn else None
         self.ff_norm = make_norm(cfg) if ff else None
         self.ff = FeedForward(cfg) if ff else None
-        self.pre_norm = cfg.pre_norm
+        # gated multi-residual reads through a normalising gate, so its branches have no pre-norm
+        self.pre_norm = cfg.pre_norm and not cfg.gated_multi_residual
         self.layer_dropout = cfg.layer_dropout
         # constant branch output scales: macaron's half-step feed-forwards, x-transformers' numeric
         # depth_scale_residual / scale_residual
@@ -69,6 +71,9 @@ class Block(nn.Module):
                                             or cfg.branch_output_scale != 1.0 or cfg.scale_residual_constant != 1.0
                                             or cfg.reinject_input or cfg.orthog_residual or cfg.mv_split_residual
                                             or cfg.ff_deep_embed or cfg.pre_and_post_norm or cfg.layerscale))
+        # several residual streams / layer integration: per-branch read and write (model/streams.py)
+        self.route = route
+        self.plain = self.plain and route is None
 
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); ``step`` is this call's position in the execution order."""
@@ -88,7 +93,9 @@ class Block(nn.Module):
 
     def _branch(self, x: torch.Tensor, ctx: Context, step: int, name: str, fn) -> torch.Tensor:
         norm = getattr(self, f"{name}_norm")
-        residual = x
+        residual, beta = x, None
+        if self.route is not None:  # several residual streams / layer integration (model/streams.py)
+            x, residual, beta = self.route[name].read(x, ctx, step, name)
         if ctx.inject is not None:  # reinject_input: the branch sees the stack's input again, the stream does not
             x = x + ctx.inject
         h = norm(x) if self.pre_norm else x
@@ -109,7 +116,9 @@ class Block(nn.Module):
             residual = residual * getattr(self, f"{name}_residual_scale")
         if self.residual_constant != 1.0:
             residual = residual * self.residual_constant
-        if self.gated:
+        if beta is not None:  # written to several residual streams (model/streams.py)
+            x = self.route[name].write(out, residual, beta)
+        elif self.gated:
             gru = getattr(self, f"{name}_gate")
             x = gru(out.reshape(-1, out.shape[-1]), residual.reshape(-1, out.shape[-1])).view_as(out)
         elif self.orthog:

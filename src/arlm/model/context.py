@@ -52,7 +52,7 @@ class Context:
 
     __slots__ = ("rope", "slots", "kv_slots", "causal", "mask", "visible", "bias", "pad", "cache", "steps",
                  "first_attn_step", "scores", "values", "z_lse", "kv_end", "slot0", "inject", "attn",
-                 "ff_deep", "dist", "real_keys", "gateable")
+                 "ff_deep", "dist", "real_keys", "gateable", "hiddens")
 
     def __init__(self, steps, first_attn_step: int, rope=None, slots=None, kv_slots=None, pad=None, cache=None):
         self.steps, self.first_attn_step = steps, first_attn_step
@@ -60,6 +60,7 @@ class Context:
         self.causal, self.mask, self.visible, self.bias = True, None, None, None
         self.scores: dict[int, torch.Tensor] = {}
         self.values = None
+        self.hiddens: dict[int, torch.Tensor] | None = None  # branch inputs by execution index (layer integration)
         self.z_lse: list[torch.Tensor] | None = None  # per-layer attention log-sum-exp, for the z-loss
         self.kv_end: int | None = None  # read cache slots [0, kv_end) only (None: all of them)
         self.slot0: int | None = None  # the rows are cache slots slot0.. (write by slicing, not index_copy)

@@ -142,6 +142,20 @@ _RESIDUAL_FN_KEYS: dict[str, tuple[str, str, Any]] = {
     "init_alpha": ("mv_split_residual", "mv_split_init_alpha", float),
     "init_beta": ("mv_split_residual", "mv_split_init_beta", float),
     "learned": ("mv_split_residual", "mv_split_learned", bool),
+    "read_gate_rank": ("gated_multi_residual", "gated_multi_read_gate_rank", int),  # model/streams.py
+}
+
+# multi-stream residuals and layer integration (model/streams.py)
+_STREAM_KWARGS: dict[str, tuple[str | None, Any]] = {
+    "num_residual_streams": ("num_residual_streams", int),
+    "hyper_conn_sinkhorn_iters": ("hyper_conn_sinkhorn_iters", int),
+    "hyper_conn_residual_mix": ("hyper_conn_residual_mix", str),  # arlm addition: "sinkhorn" as the mHC paper
+    "integrate_layers": ("integrate_layers", bool),
+    "layer_integrate_use_softmax": ("layer_integrate_use_softmax", bool),
+    "qkv_receive_diff_residuals": ("qkv_receive_diff_residuals", bool),
+    "gated_multi_residual": ("gated_multi_residual", bool),  # + residual_fn_kwargs read_gate_rank
+    "attn_aggregated_residuals": ("attn_aggregated_residuals", bool),
+    "attn_aggregated_residual_kwargs": (None, dict),
 }
 
 _ATTN_PROJ_KWARGS: dict[str, tuple[str | None, Any]] = {
@@ -215,7 +229,7 @@ _FF_KWARGS: dict[str, tuple[str | None, Any]] = {
 }
 
 _DECODER_KWARGS: dict[str, tuple[str | None, Any]] = {
-    **_CORE_KWARGS, **_POSITION_KWARGS, **_NORM_KWARGS, **_RESIDUAL_KWARGS, **_ATTN_PROJ_KWARGS,
+    **_CORE_KWARGS, **_POSITION_KWARGS, **_NORM_KWARGS, **_RESIDUAL_KWARGS, **_STREAM_KWARGS, **_ATTN_PROJ_KWARGS,
     **_ATTN_SCORE_KWARGS, **_FF_KWARGS,
 }
 
@@ -442,6 +456,18 @@ def _residual_fields(kw: dict, out: dict) -> None:
         out[field] = conv(value)
 
 
+def _stream_fields(kw: dict, out: dict) -> None:
+    agg = kw.get("attn_aggregated_residual_kwargs") or {}
+    for key, value in agg.items():
+        if key not in ("lora_rank", "lora_activation"):
+            raise TypeError(f"attn_aggregated_residual_kwargs key {key!r} is not supported; arlm takes lora_rank")
+        if key == "lora_activation" and value is not None:
+            raise TypeError("attn_aggregated_residual_kwargs lora_activation is not supported (a module is not a "
+                            "config value); leave it None")
+    if agg.get("lora_rank") is not None:
+        out["attn_aggregated_lora_rank"] = int(agg["lora_rank"])
+
+
 def _attn_proj_fields(kw: dict, out: dict) -> None:
     dim_out = kw.get("attn_dim_out")
     if dim_out is not None and dim_out != out["dim"]:
@@ -496,8 +522,8 @@ class Decoder:
             if kw.get("attn_kv_heads") is not None:
                 raise TypeError("set either attn_one_kv_head=True or attn_kv_heads, not both")
             out["kv_heads"] = 1
-        for family in (_position_fields, _norm_fields, _residual_fields, _attn_proj_fields, _attn_score_fields,
-                       _ff_fields):
+        for family in (_position_fields, _norm_fields, _residual_fields, _stream_fields, _attn_proj_fields,
+                       _attn_score_fields, _ff_fields):
             family(kw, out)
         if self.per_layer:
             out["per_layer"] = self._per_layer_fields(out)

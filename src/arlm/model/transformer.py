@@ -32,6 +32,7 @@ from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPosition
                          ScaledSinusoidalEmbedding, T5RelativeBias)
 from .positional_bias import forget_state_shape
 from .residual import InputReinjection, UNetSkips, depth_scaled_init_
+from .streams import Streams, make_routes
 
 
 def build_blocks(cfg: ModelConfig) -> tuple[list[tuple[bool, bool]], list[tuple[int, str]], list[int]]:
@@ -124,8 +125,11 @@ class Transformer(nn.Module):
         fi = [sum(s[1] for s in specs[:i]) if f else -1 for i, (_, f) in enumerate(specs)]
         learned_mix = cfg.add_value_residual and cfg.learned_value_residual_mix  # else a fixed 0.5
         self.blocks = nn.ModuleList(Block(cfg.for_block(ai[i], fi[i]), a, f,
-                                          value_mix=learned_mix and a and i != first_attn)
+                                          value_mix=learned_mix and a and i != first_attn,
+                                          route=make_routes(cfg, i, self.layer_map))
                                     for i, (a, f) in enumerate(specs))
+        # several residual streams (model/streams.py): (B, T, C) <-> (B, T, N, C) around the blocks
+        self.streams = Streams(cfg) if cfg.multi_stream else None
         self.n_branches = len(cfg.execute_order)
         L = cfg.ff_deep_embed_depth or cfg.depth
         self.ff_deep_embed = nn.Parameter(torch.ones(cfg.vocab_size, L, cfg.dim)) if cfg.ff_deep_embed else None
@@ -134,9 +138,10 @@ class Transformer(nn.Module):
         self.reinject = InputReinjection(cfg) if cfg.reinject_input else None
         self.unet = UNetSkips(cfg, self.layer_map) if cfg.unet_skips else None
         # post-norm (and pre-and-post-norm) stacks end with a normalised residual already;
-        # x-transformers has no final norm there, nor where pre_norm_has_final_norm=False
-        self.norm = (make_norm(cfg) if cfg.pre_norm and cfg.pre_norm_has_final_norm and not cfg.pre_and_post_norm
-                     else None)
+        # x-transformers has no final norm there, nor where pre_norm_has_final_norm=False;
+        # gated multi-residual, post-normed per stream, keeps it (as x-transformers)
+        self.norm = (make_norm(cfg) if (cfg.pre_norm and cfg.pre_norm_has_final_norm and not cfg.pre_and_post_norm)
+                     or cfg.gated_multi_residual else None)
         self._init_head(to_logits)
         self.needs_mask = (cfg.needs_scores or cfg.max_attend_past is not None or self.pos_bias is not None
                            or cfg.attn_num_mem_kv > 0 or cfg.attn_add_zero_kv or cfg.layer_pos_bias)
@@ -367,6 +372,8 @@ class Transformer(nn.Module):
         blocks = list(self.blocks)  # plain list indexing: ModuleList.__getitem__ costs a few us per call
         if self.reinject is not None:
             ctx.inject = self.reinject(x)
+        if self.streams is not None:
+            x = self.streams(x)  # (B, T, N, C)
         unet, skips = self.unet, {}
         for step, i in enumerate(self.order):
             if unet is not None:
@@ -382,6 +389,8 @@ class Transformer(nn.Module):
             # soft-cap the residual stream before the final norm (Gemma 2)
             v = self.cfg.softclamp_output_value
             x = torch.tanh(x / v) * v
+        if self.streams is not None:
+            x = self.streams.reduce(x)  # after the soft-cap, before the final norm, as x-transformers
         if self.norm is not None:
             x = call(self.norm, x)
         if targets is not None:
