@@ -179,3 +179,17 @@ def test_growing_intermediates_cache_keeps_the_kernel_state(kw):
             logits, cache = m(x[:, :t + 3], cache=cache, return_intermediates=True)
             steps.append(logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_speculative_decoding_with_selective_attention_equals_greedy_decoding():
+    """Speculative decoding rewinds the target's cache past rejected drafts: the kept gates must
+    not remember them. At temperature 0 the output is the target's greedy output."""
+    from arlm import AutoregressiveWrapper
+
+    target = AutoregressiveWrapper(net(attn_selective=True))
+    draft = net(seed=1, attn_selective=True)  # a different model: drafts get rejected
+    prompts = torch.randint(0, V, (2, 4), generator=torch.Generator().manual_seed(6))
+    greedy = target.generate(prompts, 12, temperature=0.0, cache_kv=False)
+    spec = target.generate(prompts, 12, temperature=0.0, draft_model=draft, num_draft_tokens=3)
+    assert 0 < target.last_stats["acceptance_rate"] < 1
+    assert torch.equal(spec, greedy)
