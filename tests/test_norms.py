@@ -100,3 +100,9 @@ def test_adaptive_norms_are_refused_with_the_reason(name):
     with pytest.raises(TypeError, match="condition tensor"):
         Decoder(**BASE, **{name: True})
     Decoder(**BASE, **{name: False})  # the inert default is accepted
+
+
+@pytest.mark.parametrize("kw", [{"use_dynamic_tanh": True}, {"use_derf": True}])
+def test_no_scalar_parameters_so_fsdp_can_shard_them(kw):
+    # FSDP2's fully_shard refuses 0-dim parameters (x-transformers keeps DyT's and Derf's as scalars)
+    assert all(p.dim() >= 1 for p in net(**kw).parameters())

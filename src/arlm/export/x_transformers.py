@@ -147,12 +147,13 @@ def _norm_param(module: str, name: str, value: torch.Tensor, cfg, offset: float)
         return f"{module}.weight", value + offset
     if name == "beta":
         return f"{module}.bias", value
+    # DynamicTanh's and Derf's scalars are 0-dim there, (1,) in arlm
     if name == "pre_tanh_scale":  # DynamicTanh
-        return f"{module}.alpha", value + offset * cfg.dynamic_tanh_init_alpha
+        return f"{module}.alpha", (value + offset * cfg.dynamic_tanh_init_alpha).reshape(1)
     if name == "alpha":  # Derf
-        return f"{module}.alpha", value + offset
+        return f"{module}.alpha", (value + offset).reshape(1)
     if name == "s":  # Derf
-        return f"{module}.shift", value
+        return f"{module}.shift", value.reshape(1)
     return None
 
 

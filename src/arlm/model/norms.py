@@ -3,7 +3,7 @@ replacements DynamicTanh and Derf, and ``make_norm`` which picks one from the co
 branch outputs; the per-head query/key/value norms of attention (QKNorm, HeadRMSNorm).
 
 Every gain here is stored as the gain itself (x-transformers' ``norm_add_unit_offset`` stores
-gain - 1; the converter adds the 1). The gains are 1-D (or scalars), so arlm's optimizer never
+gain - 1; the converter adds the 1). The gains are 1-D, so arlm's optimizer never
 decays them and the two parametrisations train identically.
 
 Dims: B batch, T time, C model dim, N heads of one norm, D head size.
@@ -58,7 +58,8 @@ class DynamicTanh(nn.Module):
     def __init__(self, dim: int, init_alpha: float = 1.0):
         super().__init__()
         self.init_alpha = init_alpha
-        self.alpha = nn.Parameter(torch.tensor(float(init_alpha)))
+        # (1,), not a 0-dim scalar: FSDP2 cannot shard scalar parameters
+        self.alpha = nn.Parameter(torch.full((1,), float(init_alpha)))
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim))
 
@@ -79,8 +80,8 @@ class Derf(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.alpha = nn.Parameter(torch.tensor(0.5))
-        self.shift = nn.Parameter(torch.tensor(0.0))
+        self.alpha = nn.Parameter(torch.full((1,), 0.5))  # (1,): FSDP2 cannot shard 0-dim parameters
+        self.shift = nn.Parameter(torch.zeros(1))
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim))
 
