@@ -159,6 +159,8 @@ def test_cache_errors_are_clear():
             ours(ids(2, SEQ + 1), cache=cache, return_intermediates=True)
         with pytest.raises(TypeError, match="intermediates object"):
             ours(x, cache=object())
+        with pytest.raises(ValueError, match="another model"):
+            pair()[1](ids(2, 9), cache=cache)
     ours.train()
     _, nocache = ours(x, return_intermediates=True)  # training with gradients: no cache is kept
     with pytest.raises(ValueError, match="no KV cache"):

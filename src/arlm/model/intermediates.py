@@ -14,6 +14,8 @@ every object keeps meaning exactly the sequence it was returned for. The storage
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from .attend import AttnRecord, attention_logits
@@ -21,12 +23,12 @@ from .attention import KVCache
 
 
 class _Storage:
-    """A KVCache and a count of the forwards that wrote it."""
+    """A KVCache, the model it belongs to and a count of the forwards that wrote it."""
 
-    __slots__ = ("cache", "writes")
+    __slots__ = ("cache", "writes", "owner")
 
-    def __init__(self, cache: KVCache):
-        self.cache, self.writes = cache, 0
+    def __init__(self, cache: KVCache, model):
+        self.cache, self.writes, self.owner = cache, 0, weakref.ref(model)
 
 
 class AttnIntermediate:
@@ -98,20 +100,22 @@ class LayerIntermediates:
         if self._storage is None:
             raise ValueError("this intermediates object holds no KV cache: it came from a forward with gradients in "
                              "training mode; run the prefill under torch.no_grad() or in eval mode to decode from it")
+        if self._storage.owner() is not model:
+            raise ValueError("this cache was built by another model; pass each model its own intermediates")
         need = self.cache_length + rows
         cap = self._storage.cache.max_len
         if need > model.cfg.max_seq_len:
             raise ValueError(f"the sequence would reach {need} rows, past the model context max_seq_len="
                              f"{model.cfg.max_seq_len} (arlm's KV cache is preallocated to at most that)")
         if need > cap or self._storage.writes != self._writes:
-            self._storage = _Storage(_copied(model, self._storage.cache, _capacity(model, need, cap)))
+            self._storage = _Storage(_copied(model, self._storage.cache, _capacity(model, need, cap)), model)
             self._writes = 0
         return self._storage.cache
 
 
 def new_storage(model, batch: int, rows: int, like: torch.Tensor) -> _Storage:
     """A fresh storage for a prefill of ``rows`` rows."""
-    return _Storage(model.new_cache(batch, _capacity(model, rows, 0), device=like.device))
+    return _Storage(model.new_cache(batch, _capacity(model, rows, 0), device=like.device), model)
 
 
 def _capacity(model, need: int, current: int) -> int:
