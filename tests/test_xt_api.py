@@ -169,8 +169,10 @@ def test_cache_errors_are_clear():
 
 # ---------------------------------------------------------------- masks, padding and positions
 
-def test_mask_hides_keys_as_x_transformers_any_pattern_and_under_the_cache():
-    ref, ours = pair()  # absolute positions: a mask must not shift them
+@pytest.mark.parametrize("dec,wrap", [({}, {}), ({"alibi_pos_bias": True, "attn_num_mem_kv": 2}, {}),
+                                      ({"rotary_pos_emb": True}, {"num_memory_tokens": 2})])
+def test_mask_hides_keys_as_x_transformers_any_pattern_and_under_the_cache(dec, wrap):
+    ref, ours = pair(dec, wrap)  # absolute positions first: a mask must not shift them
     x = ids(2, 14)
     mask = torch.ones(2, 14, dtype=torch.bool)
     mask[0, :3] = False  # leading
