@@ -169,6 +169,10 @@ NORMS: dict[str, tuple[dict, dict, bool]] = {
     "value_rmsnorm_value_dim_head": ({"attn_value_dim_head": 8, "attn_value_rmsnorm": True}, {}, False),  # x-transformers fails on it
     "per_layer_qkv_norms": ({"attn_qk_norm": True, "attn_qk_norm_dim_scale": (True, False), "attn_qk_rmsnorm": (False, True),
                              "attn_value_rmsnorm": (True, False), "attn_num_mem_kv": 1}, {}, True),
+    "dynamic_tanh_post_norm": ({"use_dynamic_tanh": True, "pre_norm": False}, {}, False),  # x-transformers asserts pre-norm
+    "derf_post_norm": ({"use_derf": True, "pre_norm": False}, {}, True),
+    "layerscale_shift_tokens_weight_tied": ({"use_layerscale": True, "layerscale_init_value": 0.3, "shift_tokens": 1,
+                                             "weight_tie_layers": True, "pre_and_post_norm": True}, {}, True),
     # (norms: new options go here)
 }
 
