@@ -76,7 +76,8 @@ class Block(nn.Module):
         self.plain = self.plain and route is None
 
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C); ``step`` is this call's position in the execution order."""
+        """x (B, T, C) -> (B, T, C), or (B, T, N, C) with several residual streams (model/streams.py);
+        ``step`` is this call's position in the execution order."""
         if self.plain:  # the common case, with nothing to decide per branch
             mods = self._modules  # a plain dict: no Module.__getattr__ per access
             attn, ff = mods.get("attn"), mods.get("ff")  # absent parts are plain None attributes
