@@ -142,8 +142,9 @@ NORMS: dict[str, tuple[dict, dict, bool]] = {
                                            {}, True),
     "pre_and_post_norm_post_norm": ({"pre_and_post_norm": True, "pre_norm": False}, {}, True),
     "no_final_norm": ({"pre_norm_has_final_norm": False}, {}, True),
+    # per-head q/k/v gains keep their unit offset in x-transformers whatever norm_add_unit_offset says
     "norm_add_unit_offset_off": ({"norm_add_unit_offset": False, "use_scalenorm": True, "use_layerscale": True,
-                                  "layerscale_init_value": 0.1}, {}, True),
+                                  "layerscale_init_value": 0.1, "attn_qk_rmsnorm": True}, {}, True),
     "use_layerscale": ({"use_layerscale": True}, {}, True),
     "layerscale_macaron_sandwich": ({"use_layerscale": True, "layerscale_init_value": 0.1, "macaron": True,
                                      "sandwich_norm": True}, {}, True),
