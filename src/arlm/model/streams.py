@@ -10,8 +10,9 @@ steps, and left padding cannot leak: the KV cache stays the only state.
 - ``Streams``: the embedding is copied into N streams (plus a learned per-stream offset) before
   the blocks and the streams are summed after them.
 - ``HyperConnection``: dynamic hyper-connections (Zhu et al. 2024, "Hyper-Connections",
-  Algorithm 2) with the stream-to-stream mixing matrix pushed towards doubly stochastic by
-  Sinkhorn iterations (Xie et al. 2025, "mHC: Manifold-Constrained Hyper-Connections").
+  Algorithm 2). The streams are carried on summed (what x-transformers 2.31.10 computes, the
+  default) or mixed by a matrix pushed towards doubly stochastic by Sinkhorn iterations (Xie et
+  al. 2025, "mHC: Manifold-Constrained Hyper-Connections").
 - ``GatedMultiResidual``: streams read through an elementwise low-rank sigmoid gate and written
   with a per-stream scalar gate (x-transformers' ``gated_multi_residual``, after the Qwen team).
 - ``LayerIntegration``: LIMe (Gerasimov et al. 2025, "You Do Not Fully Utilize Transformer's
