@@ -287,6 +287,9 @@ def test_return_flags_match_x_transformers():
             close(m, r)
         _, inter = ours(x, return_intermediates=True)
         _, rinter = ref(x, return_intermediates=True)
+        assert len(inter.hiddens) == len(rinter.hiddens) == 2
+        for h, r in zip(inter.hiddens, rinter.hiddens):
+            close(h, r)
         for a, r in zip(inter.attn_intermediates, rinter.attn_intermediates):
             visible = r.pre_softmax_attn > -1e30
             close(a.pre_softmax_attn[visible], r.pre_softmax_attn[visible], atol=1e-4)

@@ -21,15 +21,15 @@ import torch
 
 from .attention import KVCache
 from .embedding import extra_embedding_sum
-from .intermediates import LayerIntermediates, new_storage
+from .intermediates import LayerIntermediates, Records, new_storage
 from .transformer import Transformer
 
 # Transformer.forward's own keywords: arlm's generation calls the wrapper with these directly
 NATIVE = frozenset(("input_pos", "cache", "start", "key_mask", "return_embeddings", "targets", "loss_chunk",
                     "ignore_index"))
 
-SUPPORTED = ("mask", "key_mask", "pos", "prepend_embeds", "prepend_mask", "excise_prepend_embeds", "embed_ids", "sum_embeds",
-             "cache", "input_not_include_cache", "cache_age", "seq_start_pos", "return_intermediates",
+SUPPORTED = ("mask", "key_mask", "pos", "prepend_embeds", "prepend_mask", "excise_prepend_embeds", "embed_ids",
+             "sum_embeds", "cache", "input_not_include_cache", "cache_age", "seq_start_pos", "return_intermediates",
              "return_embeddings", "return_logits_and_embeddings", "return_embeddings_and_intermediates",
              "return_logit_entropies", "return_attn", "return_attn_z_loss", "attn_z_loss_weight")
 
@@ -90,7 +90,8 @@ def _new_part(t: torch.Tensor | None, what: str, full: int, new: int, inc: bool)
     return t[..., full - new:] if what in ("pos", "mask") else t[:, full - new:]
 
 
-def xt_forward(model, x: torch.Tensor | None, *, mask=None, key_mask=None, pos=None, prepend_embeds=None, prepend_mask=None,
+def xt_forward(model, x: torch.Tensor | None, *, mask=None, key_mask=None, pos=None, prepend_embeds=None,
+               prepend_mask=None,
                excise_prepend_embeds=False, embed_ids=None, sum_embeds=None, cache=None, input_not_include_cache=None,
                cache_age=None, seq_start_pos=None, return_intermediates=False, return_embeddings=False,
                return_logits_and_embeddings=False, return_embeddings_and_intermediates=False,
@@ -156,7 +157,7 @@ def xt_forward(model, x: torch.Tensor | None, *, mask=None, key_mask=None, pos=N
         # a cache only where decoding may follow: a training forward with gradients keeps none
         storage = new_storage(model, B, rows, x)
         kv = storage.cache
-    record = [] if (wants_inter or return_attn) else None
+    record = Records() if (wants_inter or return_attn) else None
     out = Transformer.forward(
         model, new_ids, input_pos=past if kv is not None else None, cache=kv, start=start, key_mask=key_mask,
         return_embeddings=True, return_attn_z_loss=return_attn_z_loss, attn_z_loss_weight=attn_z_loss_weight,
@@ -164,7 +165,7 @@ def xt_forward(model, x: torch.Tensor | None, *, mask=None, key_mask=None, pos=N
     emb, z_loss = out if return_attn_z_loss else (out, None)
     if storage is not None:
         storage.writes += 1
-    inter = LayerIntermediates(storage, past + rows, start, key_mask, P, record or [], B)
+    inter = LayerIntermediates(storage, past + rows, start, key_mask, P, Records() if record is None else record, B)
     inter.attn_z_loss, inter.last_hidden = z_loss, emb
     if excise_prepend_embeds and prepend_embeds is not None and cache is None:
         emb = emb[:, P:]
@@ -222,7 +223,8 @@ def _key_mask(cache, mask, prepend_mask, B, P, past, rows, n, full, inc, device)
         km[:, :P] = prepend_mask.bool()
     if mask is not None:
         if mask.dim() != 2 or mask.shape[0] != B or mask.shape[1] != full:
-            raise ValueError(f"mask must be (B, N) = {(B, full)} booleans over the tokens of x, got {tuple(mask.shape)}")
+            raise ValueError(f"mask must be (B, N) = {(B, full)} booleans over the tokens of x, "
+                             f"got {tuple(mask.shape)}")
         km[:, past + rows - full:] = mask.bool()
     return None if bool(km.all()) else km
 
@@ -235,7 +237,8 @@ def _positions(model, pos, cache, start, P):
     if pos.dtype not in (torch.long, torch.int32, torch.int64):
         raise TypeError("pos must hold integer positions (external position embeddings as floats are not supported)")
     problems = [what for what, bad in (
-        ("prepend_embeds", P > 0), ("num_memory_tokens", model.num_memory_tokens > 0), ("seq_start_pos", start is not None),
+        ("prepend_embeds", P > 0), ("num_memory_tokens", model.num_memory_tokens > 0),
+        ("seq_start_pos", start is not None),
         ("rel_pos_bias / dynamic_pos_bias (x-transformers allows custom positions with ALiBi only)",
          cfg.pos_bias in ("t5", "dynamic")),
         ("a cache with alibi_pos_bias / attn_max_attend_past (cached keys keep their slots' positions)",

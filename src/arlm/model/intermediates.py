@@ -66,13 +66,23 @@ class AttnIntermediate:
         return self.pre_softmax_attn.amax(dim=(0, 2, 3))
 
 
+class Records(list):
+    """What a forward collects for its intermediates: an ``AttnRecord`` per attention call, and in
+    ``hiddens`` the input of each block that has attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.hiddens: list[torch.Tensor] = []
+
+
 class LayerIntermediates:
     """Returned with ``return_intermediates=True``; pass it back as ``cache=`` to decode on.
 
     cache_length: rows the cache holds (prepended rows + tokens). attn_intermediates: one
     ``AttnIntermediate`` per attention call of this forward (its query rows only, as
     x-transformers). attn_z_loss, logit_entropies, last_hidden (final embeddings after the norm):
-    set when asked for. ``hiddens`` is not collected (None).
+    set when asked for. hiddens: the residual stream entering each attention block (memory
+    tokens and prepended rows included), as x-transformers.
     """
 
     def __init__(self, storage: _Storage | None, cache_length: int, start, key_mask, prepend_len: int,
@@ -88,7 +98,7 @@ class LayerIntermediates:
         self.attn_z_loss: torch.Tensor | None = None
         self.logit_entropies: torch.Tensor | None = None
         self.last_hidden: torch.Tensor | None = None
-        self.hiddens = None
+        self.hiddens = getattr(records, "hiddens", None)
 
     @property
     def has_cache(self) -> bool:

@@ -375,9 +375,12 @@ class Transformer(nn.Module):
         if self.streams is not None:
             x = self.streams(x)  # (B, T, N, C)
         unet, skips = self.unet, {}
+        hiddens = getattr(attn_record, "hiddens", None)  # the facade's: each attention block's input
         for step, i in enumerate(self.order):
             if unet is not None:
                 x = unet(x, step, skips)
+            if hiddens is not None and blocks[i].attn is not None:
+                hiddens.append(x)
             x = call(blocks[i], x, ctx, step)
         return x
 
