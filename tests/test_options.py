@@ -498,3 +498,11 @@ def test_option_survives_the_yaml_round_trip(name):
     x = tokens(1, 8, seed=6)
     with torch.no_grad():
         assert torch.equal(twin(x), net(x))
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_no_parameter_is_a_zero_dim_scalar(name):
+    # FSDP2's fully_shard shards along dim 0 and refuses 0-d parameters: scalars are stored (1,)
+    net = build(name)
+    scalars = [n for n, p in net.named_parameters() if p.dim() == 0]
+    assert not scalars, f"{name}: 0-d parameters {scalars}"

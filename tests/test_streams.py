@@ -97,3 +97,19 @@ def test_layer_integration_gives_the_same_outputs_with_and_without_gradients(nam
     with torch.no_grad():
         want = net(x)
     torch.testing.assert_close(net(x).detach(), want, atol=1e-5, rtol=0)
+
+
+def test_stream_gains_and_mixing_weights_are_not_weight_decayed_or_given_to_muon():
+    from arlm.training.optim import muon_split, param_groups
+
+    for dec in ({"num_residual_streams": 2}, {"num_residual_streams": 2, "gated_multi_residual": True, "residual_fn_kwargs": {"read_gate_rank": 4}}):
+        net = TransformerWrapper(num_tokens=16, max_seq_len=8, attn_layers=Decoder(dim=16, depth=2, heads=2, **dec))
+        decay, no_decay = (g["params"] for g in param_groups(net, 0.1))
+        names = {id(p): n for n, p in net.named_parameters()}
+        gains = [n for n, p in net.named_parameters()
+                 if n.rsplit(".", 1)[-1] in ("emb", "static_alpha", "read_gain", "static_read_logit")]
+        assert gains and all(names[id(p)] not in gains for p in decay), gains
+        assert all(any(p is q for q in no_decay) for n, p in net.named_parameters() if n in gains)
+        muon, _ = muon_split(net)
+        assert not {names[id(p)] for p in muon} & set(gains)
+        assert any(p.dim() == 2 for p in decay)  # real matrices still decay

@@ -128,6 +128,8 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], model, *,
                          "Build the arlm model with the same keyword arguments as the x-transformers one")
     for name, t in target.items():
         v = out[name]
+        if v.dim() == 0 and t.shape == (1,):  # x-transformers' scalar parameters are (1,) in arlm (FSDP2)
+            v = v.reshape(1)
         if v.shape != t.shape:
             raise ValueError(f"{name}: x-transformers gives shape {tuple(v.shape)}, arlm expects {tuple(t.shape)}; "
                              "build the arlm model with the same keyword arguments as the x-transformers one")

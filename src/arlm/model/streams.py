@@ -37,6 +37,8 @@ from .norms import RMSNorm
 class Streams(nn.Module):
     """(B, T, C) -> (B, T, N, C) before the blocks; ``reduce`` sums them back after."""
 
+    no_weight_decay = ("emb",)  # a per-stream offset, a bias rather than a matmul weight (training/optim.py)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         n = cfg.num_residual_streams
@@ -79,6 +81,8 @@ class HyperConnection(nn.Module):
     stream, which is what x-transformers 2.31.10 computes (its Sinkhorn step normalises 1 x N
     matrices, which always gives ones), so its checkpoints convert exactly."""
 
+    no_weight_decay = ("static_alpha",)  # static mixing weights, like a bias (training/optim.py)
+
     def __init__(self, cfg: ModelConfig, index: int, views: int = 1):
         super().__init__()
         C, N = cfg.dim, cfg.num_residual_streams
@@ -87,10 +91,10 @@ class HyperConnection(nn.Module):
         self.norm = nn.LayerNorm(C, bias=False)
         self.static_alpha = nn.Parameter(torch.zeros(N, views + N))  # per stream: V read weights, N mix weights
         self.dynamic_alpha_fn = nn.Parameter(torch.zeros(C, views + N))
-        self.dynamic_alpha_scale = nn.Parameter(torch.zeros(()))
+        self.dynamic_alpha_scale = nn.Parameter(torch.zeros(1))  # (1,), not 0-d: FSDP2 shards no scalars
         self.static_beta = nn.Parameter(torch.zeros(N))
         self.dynamic_beta_fn = nn.Parameter(torch.zeros(C))
-        self.dynamic_beta_scale = nn.Parameter(torch.zeros(()))
+        self.dynamic_beta_scale = nn.Parameter(torch.zeros(1))  # (1,), not 0-d: FSDP2 shards no scalars
         self.init_option_()
 
     @torch.no_grad()
@@ -136,6 +140,8 @@ class GatedMultiResidual(nn.Module):
     mixed with each other. The block has no pre-norm (the read normalises) and normalises each
     stream after the write, as x-transformers does."""
 
+    no_weight_decay = ("read_gain", "static_read_logit")  # a gain and static logits (training/optim.py)
+
     def __init__(self, cfg: ModelConfig, index: int, views: int = 1):
         super().__init__()
         C, N, r = cfg.dim, cfg.num_residual_streams, cfg.gated_multi_read_gate_rank
@@ -147,7 +153,7 @@ class GatedMultiResidual(nn.Module):
         self.to_bottleneck = nn.Linear(N * C, r, bias=False)  # one bottleneck for both gates
         self.to_read_gate = nn.Linear(r, views * N * C, bias=False)
         self.to_write_gate = nn.Linear(r, N, bias=False)
-        self.dynamic_gate_scale = nn.Parameter(torch.zeros(()))
+        self.dynamic_gate_scale = nn.Parameter(torch.zeros(1))  # (1,), not 0-d: FSDP2 shards no scalars
         self.init_option_()
 
     @torch.no_grad()

@@ -13,14 +13,28 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: tensors with dim >= 2 (matmul weights and embeddings) decay; norm gains and
     biases (dim < 2) do not, as nanoGPT does. Shared parameters appear once."""
     decay, no_decay = [], []
+    gains = _gain_like(model)
     for p in model.parameters():  # parameters() already yields a tied tensor once
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 else no_decay).append(p)
+        (decay if p.dim() >= 2 and id(p) not in gains else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def _gain_like(model: nn.Module) -> set[int]:
+    """Parameters with two or more dims that act as gains, biases or mixing weights, not as
+    matmul weights (e.g. hyper-connection stream mixes): a module lists their names in a
+    ``no_weight_decay`` attribute. Names survive FSDP2's parameter swap; ids are taken now."""
+    out = set()
+    for m in model.modules():
+        for name in getattr(m, "no_weight_decay", ()):
+            p = getattr(m, name, None)
+            if isinstance(p, torch.Tensor):
+                out.add(id(p))
+    return out
 
 
 class Combined:
@@ -55,7 +69,9 @@ class Combined:
 def muon_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """Muon takes the 2-D weights inside the blocks; embeddings, the output head, norms and
     biases stay with AdamW (Jordan et al. 2024: Muon is for hidden layers)."""
-    hidden = {id(p) for blk in getattr(model, "blocks", []) for p in blk.parameters() if p.dim() == 2}
+    gains = _gain_like(model)
+    hidden = {id(p) for blk in getattr(model, "blocks", []) for p in blk.parameters()
+              if p.dim() == 2 and id(p) not in gains}
     muon = [p for p in model.parameters() if p.requires_grad and id(p) in hidden]
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in hidden]
     return muon, rest
