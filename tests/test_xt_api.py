@@ -196,6 +196,27 @@ def test_mask_hides_keys_as_x_transformers_any_pattern_and_under_the_cache(dec, 
         close(step[:, 0], want[:, 9])
 
 
+MASK_REFUSED = ("shift_tokens", "data_dependent_alibi", "cope", "attn_selective")
+
+
+@pytest.mark.parametrize("name", [n for n, (_, _, twin) in OPTIONS.items() if twin])
+def test_every_twin_option_hides_masked_keys_as_x_transformers(name):
+    """A mask with a hole and a left pad: real rows equal x-transformers' for every option with a
+    twin, or the mask is refused clearly where x-transformers' treatment is not reproduced."""
+    dec, wrap, _ = OPTIONS[name]
+    ref, ours = pair(dec, wrap)
+    x = ids(2, 20)
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    mask[0, 5] = False
+    mask[1, :3] = False
+    if any(getattr(ours.cfg, n) for n in MASK_REFUSED):
+        with pytest.raises(ValueError, match="seq_start_pos"):
+            ours(x, mask=mask)
+        return
+    with torch.no_grad():
+        close(ours(x, mask=mask)[mask], ref(x, mask=mask)[mask], atol=1e-4)
+
+
 def test_seq_start_pos_matches_x_transformers_and_solo_rows():
     ref, ours = pair()
     short, long_ = ids(1, 6, seed=4)[0], ids(1, 10, seed=5)[0]

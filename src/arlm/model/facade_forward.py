@@ -135,9 +135,15 @@ def xt_forward(model, x: torch.Tensor | None, *, mask=None, key_mask=None, pos=N
     start = _start(cache, seq_start_pos, prepend_embeds)
     fcm = key_mask  # arlm's own (Forgetful Causal Masking in AutoregressiveWrapper): uncached rows only
     key_mask = _key_mask(cache, mask, prepend_mask, B, P, past, rows, n, full, inc, x.device)
-    if key_mask is not None and model.cfg.shift_tokens:
-        raise ValueError("mask with shift_tokens is not supported (x-transformers zeroes masked tokens inside the "
-                         "shift); for left padding pass seq_start_pos instead")
+    if key_mask is not None:
+        # hidden tokens still reach later rows through these (x-transformers zeroes the shifted
+        # features in attention branches only, and the hidden rows' own states differ between its
+        # cached and uncached paths); the others treat hidden keys in ways arlm does not reproduce
+        unmatched = [name for name in ("shift_tokens", "data_dependent_alibi", "cope", "attn_selective")
+                     if getattr(cfg, name)]
+        if unmatched:
+            raise ValueError(f"mask with {', '.join(unmatched)} is not supported (x-transformers' treatment of hidden "
+                             "tokens there is not reproduced); for left padding pass seq_start_pos instead")
     if fcm is not None:
         if cache is not None or P or fcm.shape != (B, n):
             raise ValueError("key_mask (arlm's) covers the tokens of an uncached forward without prepend_embeds")
