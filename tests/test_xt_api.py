@@ -217,6 +217,28 @@ def test_every_twin_option_hides_masked_keys_as_x_transformers(name):
         close(ours(x, mask=mask)[mask], ref(x, mask=mask)[mask], atol=1e-4)
 
 
+# known defect outside this API (found by the test below): selective attention with memory tokens
+# gives a left-padded row something other than its solo run in arlm itself (cached and uncached)
+LEFT_PAD_DEFECTS = {"selective_memory_tokens"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="selective attention + memory tokens: padded != solo"))
+    if n in LEFT_PAD_DEFECTS else n for n, (_, _, twin) in OPTIONS.items() if twin])
+def test_every_twin_option_gives_left_padded_rows_what_x_transformers_gives_them_alone(name):
+    """``seq_start_pos`` means each left-padded row is computed as if alone: equal to
+    x-transformers' unpadded run. (x-transformers' own padded rows differ from its solo rows with
+    memory tokens, whose slots its padding mask hides, token shifting, which shifts pads in, and
+    a few more; arlm keeps the meaning.)"""
+    dec, wrap, _ = OPTIONS[name]
+    ref, ours = pair(dec, wrap)
+    x, start = ids(2, 20), torch.tensor([3, 0])
+    with torch.no_grad():
+        got = ours(x, seq_start_pos=start)
+        close(got[0, 3:], ref(x[:1, 3:])[0], atol=1e-4)
+        close(got[1], ref(x[1:])[0], atol=1e-4)
+
+
 def test_seq_start_pos_matches_x_transformers_and_solo_rows():
     ref, ours = pair()
     short, long_ = ids(1, 6, seed=4)[0], ids(1, 10, seed=5)[0]
