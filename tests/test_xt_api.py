@@ -300,6 +300,21 @@ def test_prepend_embeds_match_x_transformers_and_decode_from_the_cache(dec, wrap
         close(torch.cat((step, step2), dim=1), want[:, 8:])
 
 
+@pytest.mark.parametrize("name", [n for n, (_, _, twin) in OPTIONS.items() if twin])
+def test_every_twin_option_takes_prepend_embeds_as_x_transformers(name):
+    dec, wrap, _ = OPTIONS[name]
+    ref, ours = pair(dec, wrap)
+    width = ours.token_emb.weight.shape[1]  # emb_dim: prepended rows join before the projection
+    x, pre = ids(2, 12), torch.randn(2, 3, width, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        full = ours(x, prepend_embeds=pre)
+        if not ours.cfg.ff_deep_embed:  # x-transformers' deep embeddings fail with prepended rows
+            close(full, ref(x, prepend_embeds=pre), atol=1e-4)
+        _, cache = ours(x[:, :6], prepend_embeds=pre, return_intermediates=True)
+        step, _ = ours(x, cache=cache, return_intermediates=True)
+        close(step, full[:, 9:])
+
+
 def test_embed_ids_and_float_pos_are_refused_clearly():
     _, ours = pair()
     with pytest.raises(TypeError, match="embed_num_tokens"):
