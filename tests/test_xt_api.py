@@ -354,6 +354,21 @@ def test_return_flags_match_x_transformers():
             assert torch.isinf(a.pre_softmax_attn[~visible]).all()
 
 
+@pytest.mark.parametrize("name", [n for n, (_, _, twin) in OPTIONS.items() if twin])
+def test_every_twin_option_returns_attention_maps_and_hiddens_as_x_transformers(name):
+    dec, wrap, _ = OPTIONS[name]
+    ref, ours = pair(dec, wrap)
+    x = ids(2, 12)
+    with torch.no_grad():
+        (_, maps), (_, rmaps) = ours(x, return_attn=True), ref(x, return_attn=True)
+        (_, inter), (_, rinter) = ours(x, return_intermediates=True), ref(x, return_intermediates=True)
+    assert len(maps) == len(rmaps) and len(inter.hiddens) == len(rinter.hiddens)
+    for m, r in zip(maps, rmaps):
+        close(m, r, atol=1e-4)
+    for h, r in zip(inter.hiddens, rinter.hiddens):
+        close(h, r, atol=1e-4)
+
+
 @pytest.mark.parametrize("bad,match", [({"bogus": 1}, "'bogus'"), ({"mems": [torch.zeros(1)]}, "'mems'"),
                                         ({"recycle_steps": 2}, "'recycle_steps'")])
 def test_unknown_forward_keywords_are_a_type_error_naming_them(bad, match):

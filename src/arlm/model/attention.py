@@ -285,7 +285,8 @@ class Attention(nn.Module):
             y = fused_attention(q, k, v, mask, causal, self.scale, dropout)  # (B, H, T, Dv)
         if ctx.attn is not None:
             # (with a learned sink, the keys as extended by it, already one per query head)
-            rk, rmask, rcausal = (k_kv, ctx.mask, ctx.causal) if self.sink is None else (k, mask, causal)
+            rk = k_kv if self.sink is None else k  # the mask is this layer's own (per-layer position biases)
+            rmask, rcausal = mask, causal
             ctx.attn.append(AttnRecord(q, rk, scores, rmask, ctx.visible, rcausal, self.scale, self.topk,
                                        weights))
         if ctx.z_lse is not None:

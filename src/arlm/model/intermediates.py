@@ -98,7 +98,8 @@ class LayerIntermediates:
         self.attn_z_loss: torch.Tensor | None = None
         self.logit_entropies: torch.Tensor | None = None
         self.last_hidden: torch.Tensor | None = None
-        self.hiddens = getattr(records, "hiddens", None)
+        # several residual streams (B, T, N, C) are laid out as x-transformers' (B*N, T, C)
+        self.hiddens = [h.transpose(1, 2).flatten(0, 1) if h.dim() == 4 else h for h in getattr(records, "hiddens", [])]
 
     @property
     def has_cache(self) -> bool:
