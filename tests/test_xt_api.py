@@ -369,6 +369,17 @@ def test_every_twin_option_returns_attention_maps_and_hiddens_as_x_transformers(
         close(h, r, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", [n for n, (_, _, twin) in OPTIONS.items() if twin])
+def test_every_twin_option_has_x_transformers_attention_z_loss(name):
+    dec, wrap, _ = OPTIONS[name]
+    ref, ours = pair(dec, wrap)
+    x = ids(2, 12)
+    with torch.no_grad():
+        (_, inter), (_, rinter) = ours(x, return_attn_z_loss=True), ref(x, return_attn_z_loss=True)
+    assert float(rinter.attn_z_loss) > 0
+    torch.testing.assert_close(inter.attn_z_loss, rinter.attn_z_loss, atol=1e-7, rtol=1e-4)
+
+
 @pytest.mark.parametrize("bad,match", [({"bogus": 1}, "'bogus'"), ({"mems": [torch.zeros(1)]}, "'mems'"),
                                         ({"recycle_steps": 2}, "'recycle_steps'")])
 def test_unknown_forward_keywords_are_a_type_error_naming_them(bad, match):

@@ -270,8 +270,8 @@ class Transformer(nn.Module):
         used by Forgetful Causal Masking). Each token always sees itself.
         return_attn_z_loss: also return the attention z-loss (ST-MoE, Zoph et al. 2022; PaLM):
         the log-sum-exp of every query's attention logits summed over layers, squared, summed
-        over heads, averaged over rows and positions, times ``attn_z_loss_weight`` (the
-        x-transformers definition). Returns (output, z_loss).
+        over heads, averaged over rows and positions (memory tokens' included), times
+        ``attn_z_loss_weight`` (the x-transformers definition). Returns (output, z_loss).
         targets: (B, T) token ids to score the outputs against (``ignore_index`` rows skipped);
         the output is then the fp32 mean loss, computed in chunks of ``loss_chunk`` rows without
         the full logits (None: chunked only for vocabularies of 8192 and more; 0: never).
@@ -387,7 +387,6 @@ class Transformer(nn.Module):
     def _finish(self, x, ctx: Context, return_embeddings: bool, return_attn_z_loss: bool, attn_z_loss_weight: float,
                 targets=None, loss_chunk=None, ignore_index=-100):
         """Output soft-clamp, final norm, logits (or embeddings, or the loss) and the z-loss."""
-        M = self.num_memory_tokens
         if self.cfg.softclamp_output:
             # soft-cap the residual stream before the final norm (Gemma 2)
             v = self.cfg.softclamp_output_value
@@ -401,7 +400,8 @@ class Transformer(nn.Module):
         else:
             out = x if return_embeddings else self.logits(x)
         if return_attn_z_loss:
-            lse = torch.stack(ctx.z_lse).sum(dim=0)[..., M:]  # (B, H, T): summed over layers
+            # (B, H, M + T) summed over layers: memory-token rows count too, as in x-transformers
+            lse = torch.stack(ctx.z_lse).sum(dim=0)
             return out, lse.square().sum(dim=1).mean() * attn_z_loss_weight
         return out
 
