@@ -272,6 +272,26 @@ def test_custom_positions_match_x_transformers(dec):
             close(step, want[:, 6:])
 
 
+@pytest.mark.parametrize("name", [n for n, (_, _, twin) in OPTIONS.items() if twin])
+def test_every_twin_option_takes_custom_positions_as_x_transformers_or_refuses_them(name):
+    dec, wrap, _ = OPTIONS[name]
+    ref, ours = pair(dec, wrap)
+    x, pos = ids(2, 12), torch.arange(12) * 2 + 3
+    cfg = ours.cfg
+    if (cfg.num_memory_tokens or cfg.pos_bias in ("t5", "dynamic") or cfg.rel_proj_pos_bias
+            or cfg.max_attend_past is not None):
+        with pytest.raises(ValueError, match="custom pos"):
+            ours(x, pos=pos)
+        return
+    with torch.no_grad():
+        full = ours(x, pos=pos)
+        close(full, ref(x, pos=pos), atol=1e-4)
+        if cfg.pos_bias != "alibi":
+            _, cache = ours(x[:, :7], pos=pos[:7], return_intermediates=True)
+            step, _ = ours(x, pos=pos, cache=cache, return_intermediates=True)
+            close(step, full[:, 7:])
+
+
 def test_sum_embeds_match_x_transformers():
     ref, ours = pair({"rotary_pos_emb": True}, {"post_emb_norm": True})
     x, extra = ids(2, 9), torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(7))

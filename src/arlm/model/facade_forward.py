@@ -245,10 +245,11 @@ def _positions(model, pos, cache, start, P):
     problems = [what for what, bad in (
         ("prepend_embeds", P > 0), ("num_memory_tokens", model.num_memory_tokens > 0),
         ("seq_start_pos", start is not None),
-        ("rel_pos_bias / dynamic_pos_bias (x-transformers allows custom positions with ALiBi only)",
-         cfg.pos_bias in ("t5", "dynamic")),
-        ("a cache with alibi_pos_bias / attn_max_attend_past (cached keys keep their slots' positions)",
-         cache is not None and (cfg.pos_bias == "alibi" or cfg.max_attend_past is not None))) if bad]
+        ("rel_pos_bias / dynamic_pos_bias / attn_use_rel_proj_pos_bias (x-transformers allows custom positions "
+         "with ALiBi only)", cfg.pos_bias in ("t5", "dynamic") or cfg.rel_proj_pos_bias),
+        ("attn_max_attend_past (x-transformers' window counts slots, not positions)", cfg.max_attend_past is not None),
+        ("a cache with alibi_pos_bias (cached keys keep their slots' positions)",
+         cache is not None and cfg.pos_bias == "alibi")) if bad]
     if problems:
         raise ValueError(f"custom pos is not supported with {', '.join(problems)}")
     return pos.long()
