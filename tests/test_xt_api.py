@@ -320,6 +320,20 @@ def test_every_twin_option_takes_custom_positions_as_x_transformers_or_refuses_t
             close(step, full[:, 7:])
 
 
+@pytest.mark.parametrize("name", [n for n, (_, _, twin) in OPTIONS.items() if twin])
+def test_every_twin_option_takes_sum_embeds_as_x_transformers(name):
+    dec, wrap, _ = OPTIONS[name]
+    ref, ours = pair(dec, wrap)
+    width = ours.token_emb.weight.shape[1]
+    x, extra = ids(2, 12), torch.randn(2, 12, width, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        full = ours(x, sum_embeds=extra)
+        close(full, ref(x, sum_embeds=extra), atol=1e-4)
+        _, cache = ours(x[:, :5], sum_embeds=extra[:, :5], return_intermediates=True)
+        step, _ = ours(x, sum_embeds=extra, cache=cache, return_intermediates=True)
+        close(step, full[:, 5:])
+
+
 def test_sum_embeds_match_x_transformers():
     ref, ours = pair({"rotary_pos_emb": True}, {"post_emb_norm": True})
     x, extra = ids(2, 9), torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(7))
