@@ -91,8 +91,8 @@ def _new_part(t: torch.Tensor | None, what: str, full: int, new: int, inc: bool)
 
 
 def xt_forward(model, x: torch.Tensor | None, *, mask=None, key_mask=None, pos=None, prepend_embeds=None,
-               prepend_mask=None,
-               excise_prepend_embeds=False, embed_ids=None, sum_embeds=None, cache=None, input_not_include_cache=None,
+               prepend_mask=None, excise_prepend_embeds=False, embed_ids=None, sum_embeds=None, cache=None,
+               input_not_include_cache=None,
                cache_age=None, seq_start_pos=None, return_intermediates=False, return_embeddings=False,
                return_logits_and_embeddings=False, return_embeddings_and_intermediates=False,
                return_logit_entropies=False, return_attn=False, return_attn_z_loss=False, attn_z_loss_weight=1e-4):
@@ -134,7 +134,7 @@ def xt_forward(model, x: torch.Tensor | None, *, mask=None, key_mask=None, pos=N
 
     start = _start(cache, seq_start_pos, prepend_embeds)
     fcm = key_mask  # arlm's own (Forgetful Causal Masking in AutoregressiveWrapper): uncached rows only
-    key_mask = _key_mask(cache, mask, prepend_mask, B, P, past, rows, n, full, inc, x.device)
+    key_mask = kept_mask = _key_mask(cache, mask, prepend_mask, B, P, past, rows, n, full, inc, x.device)
     if key_mask is not None:
         # hidden tokens still reach later rows through these (x-transformers zeroes the shifted
         # features in attention branches only, and the hidden rows' own states differ between its
@@ -171,7 +171,7 @@ def xt_forward(model, x: torch.Tensor | None, *, mask=None, key_mask=None, pos=N
     emb, z_loss = out if return_attn_z_loss else (out, None)
     if storage is not None:
         storage.writes += 1
-    inter = LayerIntermediates(storage, past + rows, start, key_mask, P, Records() if record is None else record, B)
+    inter = LayerIntermediates(storage, past + rows, start, kept_mask, P, Records() if record is None else record, B)
     inter.attn_z_loss, inter.last_hidden = z_loss, emb
     if excise_prepend_embeds and prepend_embeds is not None and cache is None:
         emb = emb[:, P:]
