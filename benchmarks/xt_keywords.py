@@ -44,7 +44,7 @@ def xt_keywords() -> list[tuple[str, str]]:
 
 
 def table(rows) -> str:
-    from arlm.model.facade import keyword_status
+    from arlm.model.facade_keywords import keyword_status
 
     lines = ["| x-transformers keyword | class | arlm | note |", "|---|---|---|---|"]
     for k, cls in rows:
@@ -57,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--write", action="store_true", help="rewrite the keyword table in docs/options.md")
     args = ap.parse_args()
-    from arlm.model.facade import keyword_status
+    from arlm.model.facade_keywords import keyword_status
 
     rows = xt_keywords()
     counts: dict[str, list[str]] = {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from arlm import Decoder, TransformerWrapper
-from arlm.model.facade import _ANY, INERT, REFUSED
+from arlm.model.facade_keywords import _ANY, INERT, REFUSED
 
 WRAPPER_ONLY = {"memory_tokens_interspersed_every", "recycling", "train_max_recycle_steps", "looped",
                 "max_looped_steps", "average_pool_embed", "use_cls_token", "num_cls_tokens", "attn_pool",
@@ -48,7 +48,7 @@ def test_docs_give_the_status_of_every_x_transformers_keyword():
     import sys
     from pathlib import Path
 
-    from arlm.model.facade import keyword_status
+    from arlm.model.facade_keywords import keyword_status
 
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "benchmarks"))

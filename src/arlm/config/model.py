@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 
-from .model_checks import (FF_ACTIVATIONS, NORMS, PER_LAYER_FIELDS, POS_BIASES, POS_EMBS,  # noqa: F401  (re-exported)
-                           TOKEN_POS_EMBS, ModelChecks)
+from .model_checks import PER_LAYER_FIELDS, TOKEN_POS_EMBS, ModelChecks
 
 # attention options that leave keys, values and the dot-product kernel alone: multi-head latent
 # attention can cache its latent with them (ModelConfig.latent_kv_cache)
