@@ -12,7 +12,6 @@ from arlm.config.checks import ConfigError
 
 import test_options
 from test_options import ATTN_PROJ, BASE, SEQ, V, build, tokens
-from test_positions import _perturbed_build
 
 
 def wrapper(**dec) -> TransformerWrapper:
@@ -204,7 +203,7 @@ def test_latent_cache_decoding_is_exact_with_sharp_attention(name):
 def test_option_with_perturbed_weights(name, check, monkeypatch):
     """The gates start at zero, the sink at 0 and attention nearly uniform at the 0.02 init, so
     the option matrix barely exercises them; the same checks with every weight moved off its init."""
-    monkeypatch.setattr(test_options, "build", _perturbed_build(test_options.build))
+    monkeypatch.setattr(test_options, "build", test_options.off_init(test_options.build))
     check(name)
 
 

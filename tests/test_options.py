@@ -426,6 +426,20 @@ def build(name: str, seed: int = 0) -> TransformerWrapper:
     return net
 
 
+def off_init(build_fn):
+    """``build_fn`` with every weight then moved off its init by N(0, 0.1): options whose parts
+    start at zero (gates, offsets, mixing weights) act in the causal, cache and padding checks
+    instead of passing them trivially."""
+    def moved(name: str, seed: int = 0):
+        net = build_fn(name, seed)
+        g = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+        return net
+    return moved
+
+
 def tokens(B: int, T: int, seed: int) -> torch.Tensor:
     return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
 

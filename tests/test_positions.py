@@ -15,22 +15,11 @@ from test_options import POSITIONS
 PERTURBED = [name for name in POSITIONS if any(k in name for k in ("cope", "polar", "rel_proj", "data_dependent"))]
 
 
-def _perturbed_build(build):
-    def perturbed(name: str, seed: int = 0):
-        net = build(name, seed)
-        g = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            for p in net.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
-        return net
-    return perturbed
-
-
 @pytest.mark.parametrize("check", [test_options.test_causal_and_cache_exact,
                                    test_options.test_left_padded_rows_equal_solo_rows])
 @pytest.mark.parametrize("name", PERTURBED)
 def test_position_option_with_perturbed_weights(name, check, monkeypatch):
-    monkeypatch.setattr(test_options, "build", _perturbed_build(test_options.build))
+    monkeypatch.setattr(test_options, "build", test_options.off_init(test_options.build))
     check(name)
 
 

@@ -19,13 +19,7 @@ from arlm.model.streams import sinkhorn
 _build = test_options.build
 
 
-def _build_off_init(name: str, seed: int = 0) -> TransformerWrapper:
-    net = _build(name, seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return net
+_build_off_init = test_options.off_init(_build)
 
 
 @pytest.mark.parametrize("check", [test_options.test_causal_and_cache_exact,
