@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..config.model_checks import FF_ACTIVATIONS
 from .calls import call
 
 
@@ -51,7 +52,10 @@ def activation_name(module) -> str:
     """The ``ff_activation`` value of a stateless torch activation module (``ff_custom_activation``).
 
     A config must stay plain values, so only activations that a name fully describes are taken;
-    anything else (learned parameters, non-default arguments) raises TypeError."""
+    anything else (learned parameters, non-default arguments) raises TypeError. The name itself
+    (e.g. "gelu_tanh") is accepted too, so a YAML file of keyword arguments can give it."""
+    if isinstance(module, str) and module in FF_ACTIVATIONS:  # a config file (arlm convert) names it
+        return module
     plain = {nn.SiLU: "swish", nn.ReLU: "relu", nn.Mish: "mish", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
     kind = type(module)
     if kind in plain:
