@@ -116,6 +116,42 @@ def test_selective_gates_survive_a_rewound_and_a_reordered_cache(eager):
     torch.testing.assert_close(out[1], full.flip(0)[:, 11:14], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("wrap", [{}, {"num_memory_tokens": 3}])
+@pytest.mark.parametrize("eager", [False, True])
+def test_selective_left_padded_row_equals_its_solo_run(wrap, eager):
+    """A left-padding query sees the memory tokens (and itself) only; it must lower nothing, or
+    its gates on the memory tokens reach the row's real queries. Every weight moved off its init
+    (the memory tokens too) and a long row, so the padding queries' gates on the memory keys are
+    clearly non-zero and every real query reads them."""
+    torch.manual_seed(0)
+    m = TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=Decoder(
+        dim=32, depth=2, heads=2, attn_dim_head=16, attn_selective=True, rotary_pos_emb=True), **wrap)
+    m.init_weights(torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    m.eval()
+    slots = (lambda a, b: a) if eager else (lambda a, b: torch.arange(a, b))
+    pad, n = 5, 14
+    g = torch.Generator().manual_seed(7)
+    short, long_ = torch.randint(0, V, (n,), generator=g), torch.randint(0, V, (pad + n,), generator=g)
+    batch = torch.stack((torch.cat((torch.zeros(pad, dtype=torch.long), short)), long_))
+    start = torch.tensor([pad, 0])
+    with torch.no_grad():
+        solo, other = m(short[None])[0], m(long_[None])[0]
+        out = m(batch, start=start)
+        torch.testing.assert_close(out[0, pad:], solo, atol=1e-5, rtol=0)
+        torch.testing.assert_close(out[1], other, atol=1e-5, rtol=0)
+        cache = m.new_cache(2, SEQ)  # the padding and the first real token, then one token at a time
+        steps = [m(batch[:, :pad + 1], input_pos=slots(0, pad + 1), cache=cache, start=start)]
+        steps += [m(batch[:, t:t + 1], input_pos=slots(t, t + 1), cache=cache, start=start)
+                  for t in range(pad + 1, pad + n)]
+        out = torch.cat(steps, dim=1)
+        torch.testing.assert_close(out[0, pad:], solo, atol=1e-5, rtol=0)
+        torch.testing.assert_close(out[1], other, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("kw, match", [
     ({"attn_sigmoid": True, "attn_hard": True}, "choose one attention function"),
     ({"attn_l2_distance": True, "attn_sparse_topk": 2}, "choose one attention function"),

@@ -245,14 +245,7 @@ def test_every_twin_option_hides_masked_keys_as_x_transformers(name):
         close(ours(x, mask=mask)[mask], ref(x, mask=mask)[mask], atol=1e-4)
 
 
-# known defect outside this API (found by the test below): selective attention with memory tokens
-# gives a left-padded row something other than its solo run in arlm itself (cached and uncached)
-LEFT_PAD_DEFECTS = {"selective_memory_tokens"}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="selective attention + memory tokens: padded != solo"))
-    if n in LEFT_PAD_DEFECTS else n for n, (_, _, twin) in OPTIONS.items() if twin])
+@pytest.mark.parametrize("name", [n for n, (_, _, twin) in OPTIONS.items() if twin])
 def test_every_twin_option_gives_left_padded_rows_what_x_transformers_gives_them_alone(name):
     """``seq_start_pos`` means each left-padded row is computed as if alone: equal to
     x-transformers' unpadded run. (x-transformers' own padded rows differ from its solo rows with

@@ -126,7 +126,7 @@ def selective_penalty(s0: torch.Tensor, gateable: torch.Tensor, store: torch.Ten
     Returns the penalty (B, T, S), summed over the earlier queries.
 
     gateable (B|1, T, S): keys a query may lower (visible, not itself, not the first token, not
-    memory/zero key-values). Without a cache the T queries are the sequence from its start (an
+    memory/zero key-values; none for a left-padding query). Without a cache the T queries are the sequence from its start (an
     exclusive running sum). With one, each query's gates are kept at its slot in ``store``
     (B, R, S), fp32, and a query sums the rows of the slots before its own: exact under decoding, a
     multi-token step, and a rewound cache (rows past the cursor are never read)."""

@@ -143,7 +143,13 @@ def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -
         # row's first real token), as x-transformers; memory/zero key columns stay ungated
         first = start[:, None, None] if start is not None and not M else 0
         own = kslots[None, None, :] == slots[None, :, None]
-        ctx.gateable = F.pad(visible & ~own & (kslots[None, None, :] != first), (P, 0), value=False)
+        gateable = visible & ~own & (kslots[None, None, :] != first)
+        if start is not None:
+            # left-padding queries lower nothing: they still see the memory tokens, and their
+            # gates on them would reach the row's real queries, which a solo row never has
+            pad_q = (slots[None, :] >= M) & (slots[None, :] < start[:, None] + M)  # (B, T)
+            gateable = gateable & ~pad_q[:, :, None]
+        ctx.gateable = F.pad(gateable, (P, 0), value=False)
     visible = visible[:, None]  # (B|1, 1, T, S)
     bias = model.pos_bias(dist) if model.pos_bias is not None else None  # (B|1, H, T, S)
     if P:  # memory / zero key columns: always visible, no position bias
