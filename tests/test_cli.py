@@ -377,3 +377,15 @@ def test_convert_from_x_transformers_gives_a_run_with_identical_logits(tmp_path,
     rc, _, err = cli("convert", tmp_path / "xt.pt", "--from", "x-transformers", "--config", tmp_path / "bad.yaml",
                      "--out", tmp_path / "other")
     assert rc == 2 and "does not match" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("verb", ["generate", "eval"])
+@pytest.mark.parametrize("device", ["bogus", "cuda:99", "cuda"])
+def test_generate_and_eval_refuse_a_device_this_machine_lacks(run, verb, device):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: --device cuda is valid here")
+    rc, _, err = cli(verb, run, "--device", device)
+    assert rc == 2, err
+    assert err.startswith("arlm: error:") and repr(device) in err and "Traceback" not in err

@@ -56,3 +56,16 @@ def note(text: str) -> None:
     """A remark for the person at the terminal (stderr, so stdout stays clean for pipes)."""
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
+
+
+def check_device(name: str) -> None:
+    """A ``--device`` value this machine has, or a UsageError naming it and what is allowed."""
+    from arlm.config import ConfigError
+    from arlm.training.device import resolve_device
+
+    try:
+        resolve_device(name)
+    except (ConfigError, RuntimeError) as e:
+        # the trainer's message names train.device; keep only what is missing here
+        reason = str(e).split(" but ", 1)[-1].split(";")[0] if isinstance(e, ConfigError) else "not a device name"
+        raise UsageError(f"--device {name!r}: {reason}; use cpu, cuda, cuda:N or mps where this machine has them")

@@ -6,7 +6,7 @@ import argparse
 import json
 import math
 
-from .common import UsageError, out
+from .common import UsageError, check_device, out
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -31,6 +31,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from arlm.evaluation import evaluate_run
     from arlm.run import load_run
 
+    check_device(args.device)
     run = load_run(args.run, step=args.step, device=args.device)
     m = evaluate_run(run, data_path=args.data, max_batches=args.max_batches, batch_size=args.batch_size)
     if args.json:

@@ -7,7 +7,7 @@ import math
 import secrets
 from typing import Callable
 
-from .common import UsageError, note, out
+from .common import UsageError, check_device, note, out
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -35,6 +35,7 @@ def generate(args: argparse.Namespace) -> int:
     from arlm.generation import AutoregressiveWrapper
     from arlm.run import load_run
 
+    check_device(args.device)
     run = load_run(args.run, step=args.step, device=args.device)
     tok = run.tokenizer
     ids = tok.encode(args.prompt)
