@@ -306,6 +306,12 @@ BAD_TRAIN = {
     "heads do not divide dim": (["--preset", "tiny", "--model.heads", "3"], "model.heads=3"),
     "bad bool": (["--preset", "tiny", "--train.compile", "maybe"], "train.compile"),
     "missing config file": (["--config", "nope.yaml"], "nope.yaml"),
+    "nan time limit": (["--preset", "tiny", "--train.max_minutes", "nan"], "train.max_minutes must be a finite"),
+    "overflowing float": (["--preset", "tiny", "--train.lr", "1e999"], "train.lr"),
+    "nan model value": (["--preset", "tiny", "--model.rotary_base", "nan"], "model.rotary_base must be a finite"),
+    "non-integral int": (["--preset", "tiny", "--train.batch_size", "2.5"], "train.batch_size"),
+    "seed past 2**63": (["--preset", "tiny", "--train.seed", str(2**63)], "train.seed"),
+    "negative seed": (["--preset", "tiny", "--train.seed", "-1"], "train.seed"),
 }
 
 
@@ -326,6 +332,7 @@ def test_empty_corpus_exits_2(tmp_path):
 
 @pytest.mark.parametrize("argv, expected", [
     (["--temperature", "-1"], "--temperature"),
+    (["--seed", str(2**64)], "--seed"),
     (["--top-p", "1.5"], "--top-p"),
     (["--top-k", "0"], "--top-k"),
     (["--max-new-tokens", "0"], "--max-new-tokens"),

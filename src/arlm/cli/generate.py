@@ -161,6 +161,8 @@ def check_options(args: argparse.Namespace) -> None:
     """Reject bad sampling options before any model is loaded."""
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.seed is not None and not (0 <= args.seed < 2**63):
+        raise UsageError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
     if not math.isfinite(args.temperature) or args.temperature < 0:
         raise UsageError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:

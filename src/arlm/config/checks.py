@@ -73,3 +73,18 @@ def _choice(obj, name: str, allowed: tuple[str, ...]) -> None:
 
 def _section(obj) -> str:
     return _SECTIONS[type(obj).__name__]
+
+
+def _finite_and_in_range(obj) -> None:
+    """Every float field finite (nan, inf and 1e999 are refused: a nan limit never fires, a nan
+    rate trains nothing) and every integer field within a 64-bit signed integer (seeds, sizes)."""
+    import dataclasses
+    import math
+
+    sec = _section(obj)
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{sec}.{f.name} must be a finite number, got {v}")
+        if isinstance(v, int) and not isinstance(v, bool) and not (-2**63 <= v < 2**63):
+            raise ConfigError(f"{sec}.{f.name}={v} is outside the 64-bit integer range [-2**63, 2**63)")

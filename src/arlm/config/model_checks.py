@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .checks import ConfigError, _choice, _positive
+from .checks import ConfigError, _choice, _finite_and_in_range, _positive
 
 NORMS = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm", "dynamic_tanh", "derf")
 POS_EMBS = ("absolute", "rotary", "polar", "scaled_sinusoidal", "none")
@@ -45,6 +45,7 @@ class ModelChecks:
     """Validation of ``ModelConfig`` (a mixin: the fields and derived properties are in model.py)."""
 
     def validate(self) -> None:
+        _finite_and_in_range(self)
         _positive(self, "vocab_size", "max_seq_len", "dim", "depth", "heads", "vocab_pad_multiple")
         if self.dim_head is not None:
             _positive(self, "dim_head")

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .checks import ConfigError, _choice, _coerce, _positive
+from .checks import ConfigError, _choice, _coerce, _finite_and_in_range, _positive
 from .model import ModelConfig
 
 TOKENIZERS = ("byte", "bpe")
@@ -36,6 +36,7 @@ class DataConfig:
     seq_len: int | None = None  # None: model.max_seq_len
 
     def validate(self) -> None:
+        _finite_and_in_range(self)
         _choice(self, "tokenizer", TOKENIZERS)
         if self.tokenizer == "bpe" and not (257 <= self.bpe_vocab_size <= 1_000_000):
             raise ConfigError(
@@ -84,7 +85,10 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self) -> None:
+        _finite_and_in_range(self)
         _positive(self, "batch_size", "grad_accum", "max_steps", "eval_batches", "keep_last")
+        if self.seed < 0:
+            raise ConfigError(f"train.seed must be an integer in [0, 2**63), got {self.seed}")
         _positive(self, "sample_tokens")
         for name in ("eval_every", "sample_every", "ckpt_every", "warmup_steps"):
             if getattr(self, name) < 0:
