@@ -331,3 +331,27 @@ def test_muon_and_activation_checkpointing_train_and_resume(tmp_path):
     train(cfg(max_steps=6, activation_checkpointing=True), tmp_path / "ckpt", progress=False, log=lambda m: None)
     a, b = losses(tmp_path / "plain"), losses(tmp_path / "ckpt")
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5
+
+
+def test_a_non_finite_validation_is_logged_as_null_and_the_run_still_checkpoints(tmp_path, corpus, monkeypatch):
+    import json
+
+    from arlm.training import trainer
+
+    real = trainer.evaluate
+    calls = []
+
+    def nan_at_first(*args, **kwargs):  # the first validation diverges, later ones do not
+        r = real(*args, **kwargs)
+        calls.append(1)
+        return {**r, "loss": float("nan"), "bpb": float("nan"), "ppl": float("nan")} if len(calls) == 1 else r
+
+    monkeypatch.setattr(trainer, "evaluate", nan_at_first)
+    out = tmp_path / "run"
+    res = train(tiny_cfg(corpus, max_steps=10, eval_every=5, ckpt_every=5), out, log=lambda _: None)
+    assert res.step == 10 and (out / "checkpoints" / "step-10" / "COMMIT").is_file()
+    vals = val_lines(out)
+    assert vals[0]["step"] == 5 and vals[0]["val_loss"] is None and vals[0]["val_ppl"] is None
+    assert vals[1]["val_loss"] is not None and math.isfinite(vals[1]["val_loss"])
+    state = json.loads((out / "checkpoints" / "step-5" / "trainer_state.json").read_text())
+    assert state["last_val"]["val_loss"] is None and state["best_val_loss"] is None

@@ -268,10 +268,17 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
         with torch.random.fork_rng(devices=rng_devices):  # evaluation never moves the training RNG
             r = evaluate(model, splits.val, seq_len, tc.batch_size, tc.eval_batches, splits.val_bytes_per_token,
                          autocast=autocast_ctx(device, bf16) if bf16 else None)
-        last_val = {"step": step, "val_loss": r["loss"], "val_bpb": r["bpb"], "val_ppl": r["ppl"]}
-        best_val = r["loss"] if best_val is None else min(best_val, r["loss"])
-        metrics.write({**last_val, "val_ppl": finite_or_none(r["ppl"]), "elapsed_s": elapsed()})
-        say(f"step {step}: val_loss {r['loss']:.4f} | val_bpb {r['bpb']:.4f} | val_ppl {r['ppl']:.2f}")
+        # a non-finite validation is logged (and checkpointed) as null, as a non-finite training
+        # loss is, and never becomes the best one; JSON has no NaN
+        last_val = {"step": step, "val_loss": finite_or_none(r["loss"]), "val_bpb": finite_or_none(r["bpb"]),
+                    "val_ppl": finite_or_none(r["ppl"])}
+        if last_val["val_loss"] is not None:
+            best_val = r["loss"] if best_val is None else min(best_val, r["loss"])
+        metrics.write({**last_val, "elapsed_s": elapsed()})
+        if last_val["val_loss"] is None:
+            say(f"step {step}: validation loss is not finite ({r['loss']}); logged as null")
+        else:
+            say(f"step {step}: val_loss {r['loss']:.4f} | val_bpb {r['bpb']:.4f} | val_ppl {r['ppl']:.2f}")
 
     def run_sample() -> None:
         with torch.random.fork_rng(devices=rng_devices):
