@@ -276,8 +276,12 @@ def test_resume_errors(tmp_path, corpus):
         for f in p.iterdir():
             f.unlink()
         p.rmdir()
-    with pytest.raises(CheckpointError, match="no committed checkpoint"):
-        train(cfg, out, resume="auto", **QUIET)
+    old_metrics = (out / "metrics.jsonl").read_text()
+    logs = []
+    res = train(cfg, out, resume="auto", progress=False, log=logs.append)  # starts over, keeps the old files
+    assert res.step == 8 and any("no committed checkpoint" in m and "starting over" in m for m in logs)
+    assert (out / "restarted-1" / "metrics.jsonl").read_text() == old_metrics
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r] == list(range(1, 9))  # one curve
     logs = []
     res = train(cfg, tmp_path / "fresh", resume="auto", progress=False, log=logs.append)
     assert res.step == 8 and any("starting a new one" in m for m in logs)

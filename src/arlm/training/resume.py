@@ -90,6 +90,20 @@ def _checkpoint_from_path(path: Path, log: Callable[[str], None]) -> Path:
     )
 
 
+def _set_aside(out: Path) -> Path:
+    """Move a run's files (config, metrics, tokenizer, latest, checkpoints) into a new
+    ``out/restarted-N`` folder and return it."""
+    n = 1
+    while (out / f"restarted-{n}").exists():
+        n += 1
+    aside = out / f"restarted-{n}"
+    aside.mkdir()
+    for name in ("config.yaml", "metrics.jsonl", "tokenizer.json", "latest", "checkpoints"):
+        if (out / name).exists():
+            (out / name).rename(aside / name)
+    return aside
+
+
 def plan_run(cfg: RunConfig | None, out_dir: str | Path, resume: str | Path | None,
              log: Callable[[str], None]) -> RunPlan:
     """Decide what ``train`` does with ``out_dir`` and ``resume``; raise before any work if it
@@ -113,11 +127,17 @@ def plan_run(cfg: RunConfig | None, out_dir: str | Path, resume: str | Path | No
         ckpt = latest_checkpoint(out, log) if out.is_dir() else None
         if ckpt is None:
             if is_run_dir(out):
-                raise CheckpointError(
-                    f"--resume auto: {out} holds a run but no committed checkpoint to continue from "
-                    "(it stopped before its first save, or every checkpoint failed verification); "
-                    "start over with another --out, or delete the folder"
-                )
+                # stopped before its first save (or no checkpoint verifies): nothing to continue, so
+                # start over, keeping what the folder held aside instead of deleting it
+                if cfg is None:
+                    cfg = RunConfig.from_yaml(out / "config.yaml") if (out / "config.yaml").is_file() else None
+                if cfg is None:
+                    raise ConfigError(f"--resume auto: {out} holds no committed checkpoint and no config.yaml; "
+                                      "give --preset or --config to start over")
+                aside = _set_aside(out)
+                log(f"--resume auto: {out} holds no committed checkpoint (it stopped before its first save, or "
+                    f"no checkpoint verifies); starting over, the earlier files are kept in {aside}")
+                return RunPlan(cfg, out, None)
             if cfg is None:
                 raise ConfigError(f"--resume auto: {out} holds no run to resume and no config was given")
             log(f"--resume auto: no run in {out} yet, starting a new one")
