@@ -66,14 +66,14 @@ class Block(nn.Module):
         self.sandwich, self.gated, self.scaled = cfg.sandwich_norm, cfg.gate_residual, cfg.scale_residual
         self.orthog, self.mv_split = cfg.orthog_residual, cfg.mv_split_residual
         self.layerscale, self.pre_and_post = cfg.layerscale, cfg.pre_norm and cfg.pre_and_post_norm
-        self.plain = (cfg.pre_norm and not (cfg.sandwich_norm or cfg.gate_residual or cfg.scale_residual
-                                            or cfg.macaron or cfg.shift_tokens or cfg.layer_dropout
-                                            or cfg.branch_output_scale != 1.0 or cfg.scale_residual_constant != 1.0
-                                            or cfg.reinject_input or cfg.orthog_residual or cfg.mv_split_residual
-                                            or cfg.ff_deep_embed or cfg.pre_and_post_norm or cfg.layerscale))
         # several residual streams / layer integration: per-branch read and write (model/streams.py)
         self.route = route
-        self.plain = self.plain and route is None
+        # the plain pre-norm sum, with nothing to decide per branch: derived from the block's own
+        # switches above, plus the two inputs the context brings (reinjection, deep embeddings)
+        self.plain = (self.pre_norm and route is None and not cfg.reinject_input and not cfg.ff_deep_embed
+                      and not (self.sandwich or self.gated or self.scaled or self.orthog or self.mv_split
+                               or self.layerscale or self.pre_and_post or self.shift or self.layer_dropout)
+                      and self.attn_scale == self.ff_scale == self.residual_constant == 1.0)
 
     def forward(self, x: torch.Tensor, ctx: Context, step: int = 0) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C), or (B, T, N, C) with several residual streams (model/streams.py);
