@@ -99,9 +99,9 @@ def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -
     M = model.num_memory_tokens
     qk_pos = model.rotary or model.polar  # rotary or polar tables, applied to queries and keys
     rope = qk_pos.table(positions) if qk_pos is not None else None
-    pad = None
-    if start is not None and (model.cfg.shift_tokens or model.cfg.mv_split_residual or model.cfg.data_dependent_alibi):
-        pad = (slots[None, :] < (start[:, None] + M)) & (slots[None, :] >= M)  # (B, T)
+    # (B, T) True on the left-padding rows (memory rows are never padding)
+    pad_rows = None if start is None else (slots[None, :] < (start[:, None] + M)) & (slots[None, :] >= M)
+    pad = pad_rows if model.cfg.shift_tokens or model.cfg.mv_split_residual or model.cfg.data_dependent_alibi else None
     P = model.kv_prefix
     ctx = Context(model._steps, model._first_attn_step, rope=rope, slots=slots,
                   kv_slots=slots + P if P else slots, pad=pad, cache=cache)
@@ -147,8 +147,7 @@ def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -
         if start is not None:
             # left-padding queries lower nothing: they still see the memory tokens, and their
             # gates on them would reach the row's real queries, which a solo row never has
-            pad_q = (slots[None, :] >= M) & (slots[None, :] < start[:, None] + M)  # (B, T)
-            gateable = gateable & ~pad_q[:, :, None]
+            gateable = gateable & ~pad_rows[:, :, None]
         ctx.gateable = F.pad(gateable, (P, 0), value=False)
     visible = visible[:, None]  # (B|1, 1, T, S)
     bias = model.pos_bias(dist) if model.pos_bias is not None else None  # (B|1, H, T, S)
@@ -160,6 +159,7 @@ def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -
     else:
         ctx.mask = visible if bias is None else bias.masked_fill(~visible, float("-inf"))
     return ctx
+
 
 def slot_positions(M: int, S: int, start, device) -> torch.Tensor:
     """Positions of all S cache slots: memory m -> m, token slot s -> M + (s - M - start)."""
