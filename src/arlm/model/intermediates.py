@@ -101,10 +101,6 @@ class LayerIntermediates:
         # several residual streams (B, T, N, C) are laid out as x-transformers' (B*N, T, C)
         self.hiddens = [h.transpose(1, 2).flatten(0, 1) if h.dim() == 4 else h for h in getattr(records, "hiddens", [])]
 
-    @property
-    def has_cache(self) -> bool:
-        return self._storage is not None
-
     def cache_for(self, model, rows: int) -> KVCache:
         """The KVCache to write ``rows`` new rows after this object's, made private (copied when
         another forward wrote the storage since) and large enough (grown when not)."""
