@@ -39,7 +39,7 @@ def test_readme_opens_with_the_main_job_then_the_tests():
     # the tests: the same set-up with the test extras, then pytest
     steps = [s.strip() for s in tests.strip().split("&&")]
     assert steps[:2] == ["python3 -m venv .venv", ".venv/bin/" + TORCH_PIN]
-    assert steps[2] == ".venv/bin/pip install -e '.[test,bench]'"
+    assert steps[2] == ".venv/bin/pip install -e '.[dev]'"
     assert steps[3] == ".venv/bin/python -m pytest"
     # nothing before them but the title and one sentence
     head = README[: README.index("```")]
@@ -49,7 +49,7 @@ def test_readme_opens_with_the_main_job_then_the_tests():
 def test_ci_script_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text()
     assert ci.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in ci
-    assert "install torch==2.13.0" in ci and "install -e '.[test,bench]'" in ci
+    assert "install torch==2.13.0" in ci and "install -e '.[dev]'" in ci
     assert re.search(r"python\"? -m pytest", ci)
     assert ci.index("install torch==2.13.0") < ci.index("install -e")  # torch first, so pip keeps that build
 
