@@ -4,7 +4,8 @@ from .checkpoint import (CheckpointError, latest_checkpoint, load_optimizer, loa
                          verify_checkpoint)
 from .resume import RESUMABLE_CHANGES, merge_resume_config
 from .schedule import lr_at
-from .trainer import MAX_CONSECUTIVE_SKIPS, NonFiniteLossError, TrainResult, forward_backward, train
+from .step import forward_backward
+from .trainer import MAX_CONSECUTIVE_SKIPS, NonFiniteLossError, TrainResult, train
 
 __all__ = [
     "MAX_CONSECUTIVE_SKIPS", "RESUMABLE_CHANGES", "CheckpointError", "NonFiniteLossError", "TrainResult",

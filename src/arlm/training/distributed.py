@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -82,6 +83,25 @@ def shard(model: nn.Module) -> nn.Module:
         fully_shard(block)
     fully_shard(model)
     return model
+
+
+def parallelize(model: nn.Module, optimizer, info: DistInfo, device: torch.device, mode: str,
+                build_optimizer: Callable[[nn.Module], object], restored: bool) -> tuple[nn.Module, object]:
+    """Wrap a built (and possibly restored) model for this run; returns the module to run
+    forward/backward through and the optimizer to step.
+
+    ``fsdp`` shards ``model`` in place and rebuilds the optimizer over the shards with the same
+    state (``restored``: the optimizer holds a checkpoint's moments to carry over); otherwise the
+    model is DDP-wrapped when distributed, and the optimizer is returned unchanged.
+    """
+    if not (info.enabled and mode == "fsdp"):
+        return wrap(model, info, device), optimizer
+    moments = optimizer_state_by_name(model, optimizer) if restored else None
+    shard(model)
+    optimizer = build_optimizer(model)
+    if moments is not None:
+        load_full_optimizer_state(model, optimizer, moments)
+    return model, optimizer
 
 
 def is_sharded(model: nn.Module) -> bool:

@@ -9,18 +9,15 @@ bit-for-bit the uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import ConfigError, RunConfig
 from ..data import ChunkSampler, TokenSplits, load_corpus, split_tokens
@@ -32,18 +29,20 @@ from . import checkpoint as ckpt_io
 from . import distributed as ddp
 from .checkpoint import CheckpointError
 from .device import autocast_ctx, resolve_device, resolve_precision
-from .metrics import (MetricsWriter, finite_or_none, flops_per_token, format_duration, matmul_params, peak_flops,
-                      truncate_metrics)
+from .metrics import MetricsWriter, finite_or_none, flops_per_token, matmul_params, peak_flops, truncate_metrics
 from .optim import build_optimizer, checkpoint_activations
-from .resume import plan_run
-from .schedule import lr_at, schedule_state
+from .progress import Progress
+from .resume import RunPlan, plan_run
+from .schedule import schedule_state
+from .signals import stop_signals
+from .state import RunState, Session
+from .step import StepOutcome, train_step
 
 # A run stops with NonFiniteLossError after this many optimizer steps in a row were skipped
 # because the loss or the gradient norm was NaN/inf.
 MAX_CONSECUTIVE_SKIPS = 10
 MIN_KEEP_LAST = 2
 SAMPLE_TEMPERATURE = 0.8
-LOG_SECONDS = 30.0  # without a progress bar, log at least this often (and every 10% of the run)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,30 +63,6 @@ class TrainResult:
     checkpoint: Path | None = None
 
 
-# ---- setup -------------------------------------------------------------------------------------
-
-
-def forward_backward(model, micro_batches: list[torch.Tensor], bf16: bool, loss_chunk: int | None = 0) -> torch.Tensor:
-    """Accumulate gradients over micro-batches (each (B, T+1)); returns the mean loss (0-dim).
-
-    Each micro-batch's loss is divided by their number, so the gradient is that of the mean
-    loss over all of them, the same as one batch of their concatenation. Under DDP only the
-    last micro-batch all-reduces gradients. The model computes the loss itself (fp32, in
-    ``loss_chunk`` rows at a time; see Transformer.loss), inside its forward, so DDP and
-    compile see one module call.
-    """
-    n = len(micro_batches)
-    total = None
-    for i, batch in enumerate(micro_batches):
-        device = batch.device
-        with ddp.no_sync(model, last=i == n - 1):
-            with autocast_ctx(device, bf16):
-                loss = model(batch[:, :-1], targets=batch[:, 1:], loss_chunk=loss_chunk)
-            (loss / n).backward()
-        total = loss.detach() if total is None else total + loss.detach()
-    return total / n
-
-
 def _sample(model, tokenizer, cfg: RunConfig, device: torch.device, bf16: bool) -> str:
     prompt = torch.tensor(tokenizer.encode(cfg.train.sample_prompt), dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
@@ -98,32 +73,223 @@ def _sample(model, tokenizer, cfg: RunConfig, device: torch.device, bf16: bool) 
     return tokenizer.decode(out.tolist())
 
 
-@contextlib.contextmanager
-def _stop_signals(on_signal: Callable[[int], None]):
-    """Route SIGTERM/SIGINT to ``on_signal`` for the duration (main thread only), then restore."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+# ---- set-up ------------------------------------------------------------------------------------
+
+
+def _prepare(cfg: RunConfig | None, out_dir, resume, log: Callable[[str], None], t_start: float):
+    """Check every input and read the checkpoint's state; nothing is written yet. Returns the
+    plan, the data and tokenizer, and the run state (a fresh one for a new run)."""
+    if cfg is not None:
+        cfg = RunConfig.from_dict(cfg.to_dict())  # never mutate the caller's config
+        cfg.validate()
+        _check_train_cfg(cfg)
+    plan = plan_run(cfg, out_dir, resume, log)
+    cfg, resume_from = plan.cfg, plan.checkpoint
+    cfg.validate()
+    _check_train_cfg(cfg)
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    bf16 = resolve_precision(tc.precision, device)
+
+    corpus = load_corpus(cfg.data.path)  # the one place the trainer opens its data
+    corpus_id = {"sha256": hashlib.sha256(corpus).hexdigest(), "bytes": len(corpus)}
+    if resume_from is not None:
+        try:
+            tokenizer = load_tokenizer(resume_from / "tokenizer.json")
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"cannot load the tokenizer of {resume_from}: {e}") from None
+    else:
+        tokenizer = build_tokenizer(cfg.data.tokenizer, corpus, cfg.data.bpe_vocab_size)
+    cfg.model.vocab_size = tokenizer.vocab_size
+    splits: TokenSplits = split_tokens(corpus, tokenizer, cfg.data.val_fraction, cfg.seq_len + 1)
+    del corpus
+    if not tokenizer.encode(tc.sample_prompt):
+        raise ConfigError("train.sample_prompt encodes to no tokens; give at least one character (default '\\n')")
+
+    state = RunState.load(resume_from) if resume_from is not None else RunState(corpus=corpus_id)
+    if resume_from is not None:
+        saved_corpus = state.corpus or {}
+        if saved_corpus and saved_corpus.get("sha256") != corpus_id["sha256"]:
+            log(f"warning: the corpus ({cfg.data.path or 'built-in'}) differs from the one this run was trained on "
+                f"({saved_corpus.get('bytes')} bytes then, {corpus_id['bytes']} now); training continues on the "
+                "new text, so the resumed run will not repeat the original batches")
+        state.corpus = corpus_id
+    return plan, device, bf16, tokenizer, splits, state
+
+
+def _build(plan: RunPlan, device: torch.device, bf16: bool, tokenizer, splits: TokenSplits, state: RunState,
+           progress: bool, log: Callable[[str], None]) -> Session:
+    """Model, optimizer and sampler, restored from the checkpoint; then the run folder is written."""
+    cfg, run_dir, resume_from = plan.cfg, plan.run_dir, plan.checkpoint
+    tc = cfg.train
+    dinfo = ddp.from_env()
+    fsdp = dinfo.enabled and tc.distributed == "fsdp"
+    device, owns_group = ddp.setup(dinfo, device)
+    model = Transformer(cfg.model)
+    if resume_from is None:
+        model.init_weights(torch.Generator().manual_seed(tc.seed))
+        torch.manual_seed(tc.seed + dinfo.rank)  # dropout draws from the global generator, per rank
+    model.to(device)
+    if tc.activation_checkpointing:
+        checkpoint_activations(model)
+    optimizer = build_optimizer(model, tc, device)
+    sampler = ChunkSampler(splits.train, cfg.seq_len, tc.batch_size, tc.seed, dinfo.rank, dinfo.world_size)
+    if resume_from is not None:
+        ckpt_io.load_weights(model, resume_from, device=device)
+        ckpt_io.load_optimizer(optimizer, resume_from, device=device, model=model)
+    fwd, optimizer = ddp.parallelize(model, optimizer, dinfo, device, tc.distributed,
+                                     lambda m: build_optimizer(m, tc, device), restored=resume_from is not None)
+    if resume_from is not None:
+        try:
+            sampler.load_state_dict(state.sampler)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{resume_from / 'trainer_state.json'} has no usable sampler state: {e}") from None
+        ranks = state.rng.get("ranks") or []
+        if dinfo.enabled and len(ranks) != dinfo.world_size:
+            log(f"checkpoint has RNG states for {len(ranks) or 1} rank(s), this run has {dinfo.world_size}: "
+                "dropout will not repeat the original run exactly")
+        ckpt_io.restore_rng(ranks[dinfo.rank] if dinfo.rank < len(ranks) else state.rng, device, log)
+    fwd = torch.compile(fwd) if tc.compile else fwd
+
+    ddp.barrier(dinfo)  # every rank has checked its inputs: rank 0 writes the run folder
+    metrics = _open_run_dir(plan, tokenizer, state.step, log) if dinfo.is_main else _NullWriter()
+    seq_len = cfg.seq_len
+    return Session(
+        cfg=cfg, tc=tc, run_dir=run_dir, resume_from=resume_from, device=device, bf16=bf16, dinfo=dinfo, fsdp=fsdp,
+        owns_group=owns_group, model=model, fwd=fwd, optimizer=optimizer, sampler=sampler, tokenizer=tokenizer,
+        splits=splits, state=state, metrics=metrics, start_step=state.step,
+        params=[p for p in model.parameters() if p.requires_grad],
+        clip=tc.grad_clip if tc.grad_clip > 0 else math.inf,
+        tokens_per_step=tc.batch_size * tc.grad_accum * seq_len * dinfo.world_size,
+        peak=peak_flops(device, "bf16" if bf16 else "fp32"), fpt=flops_per_token(cfg.model, matmul_params(model), seq_len),
+        rng_devices=[device] if device.type == "cuda" else [],
+        # evaluation and samples run on rank 0, or on every rank when the model is sharded (its
+        # forward gathers parameters from all ranks); only rank 0 reports them
+        every_rank=dinfo.is_main or fsdp,
+        progress=Progress(tc.max_steps, state.step, bar=progress and tc.progress, log=log if dinfo.is_main else None),
+        last_saved=state.step if resume_from is not None else None, last_ckpt=resume_from,
+        received=[], train_time=0.0, tok_s_avg=None,
+    )
+
+
+def _open_run_dir(plan: RunPlan, tokenizer, start_step: int, log: Callable[[str], None]):
+    """Write the run's config and tokenizer, cut metrics a resume recomputes, and open the
+    metrics writer (the one place metrics are opened)."""
+    run_dir, resume_from = plan.run_dir, plan.checkpoint
+    metrics_path = run_dir / "metrics.jsonl"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plan.cfg.to_yaml(run_dir / "config.yaml")
+    tokenizer.save(run_dir / "tokenizer.json")
+    if resume_from is not None and resume_from.parent.parent.resolve() == run_dir.resolve():
+        dropped = truncate_metrics(metrics_path, start_step)
+        if dropped:
+            log(f"metrics.jsonl: dropped {dropped} line(s) after step {start_step}; they are recomputed now")
+    return MetricsWriter(metrics_path)
+
+
+# ---- after a step: log, evaluate, sample, save, stop (in this order) ---------------------------
+
+
+def after_step(s: Session, o: StepOutcome) -> str | None:
+    """The decisions after each step, in order; returns why the run stops now, or None."""
+    tc, st = s.tc, s.state
+    s.tok_s_avg = o.tokens_per_sec if s.tok_s_avg is None else 0.9 * s.tok_s_avg + 0.1 * o.tokens_per_sec
+    # 1. log the step (and give up after too many non-finite steps in a row)
+    s.metrics.write({
+        "step": st.step, "loss": finite_or_none(o.loss), "lr": o.lr, "grad_norm": finite_or_none(o.grad_norm),
+        "tokens_per_sec": o.tokens_per_sec, "elapsed_s": st.elapsed(),
+        "mfu": s.fpt * o.tokens_per_sec / s.peak if s.peak else None, "tokens": st.tokens_seen, "skipped": not o.ok,
+    })
+    if not o.ok:
+        _report_skip(s, o)
+    eta = (tc.max_steps - st.step) * s.train_time / max(1, st.step - s.start_step)
+    s.progress.step(st.step, o.loss, o.lr, s.tok_s_avg, eta)
+    # 2. evaluate, 3. sample
+    if tc.eval_every and st.step % tc.eval_every == 0 and s.every_rank:
+        run_eval(s)
+    if tc.sample_every and st.step % tc.sample_every == 0 and s.every_rank:
+        run_sample(s)
+    # 4. save, 5. stop. A run that ends by max_steps / max_minutes validates in finish() and then
+    # saves, so its last checkpoint holds its final validation.
+    stop = "signal" if o.signal else "max_minutes" if o.out_of_time else "max_steps" if st.step >= tc.max_steps else None
+    if tc.ckpt_every and st.step % tc.ckpt_every == 0 and stop in (None, "signal"):
+        save(s)
+    return stop
+
+
+def _report_skip(s: Session, o: StepOutcome) -> None:
+    st = s.state
+    s.progress.say(f"step {st.step}: non-finite {'loss' if not math.isfinite(o.loss) else 'gradient norm'} "
+                   f"(loss={o.loss}, grad_norm={o.grad_norm}); optimizer step skipped "
+                   f"({st.consecutive_skips} in a row, {st.skipped_steps} in all)")
+    if st.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+        where = f"the last committed checkpoint is {s.last_ckpt}" if s.last_ckpt else "no checkpoint was saved"
+        raise NonFiniteLossError(
+            f"training diverged: {st.consecutive_skips} consecutive steps (up to step {st.step}) had a "
+            f"non-finite loss or gradient norm, so nothing was updated; {where}. Lower train.lr, "
+            "raise train.warmup_steps or set train.grad_clip, and start a new run"
+        )
+
+
+def run_eval(s: Session) -> None:
+    tc, st, say = s.tc, s.state, s.progress.say
+    with torch.random.fork_rng(devices=s.rng_devices):  # evaluation never moves the training RNG
+        r = evaluate(s.model, s.splits.val, s.cfg.seq_len, tc.batch_size, tc.eval_batches,
+                     s.splits.val_bytes_per_token, autocast=autocast_ctx(s.device, s.bf16) if s.bf16 else None)
+    # a non-finite validation is logged (and checkpointed) as null, as a non-finite training
+    # loss is, and never becomes the best one; JSON has no NaN
+    st.last_val = {"step": st.step, "val_loss": finite_or_none(r["loss"]), "val_bpb": finite_or_none(r["bpb"]),
+                   "val_ppl": finite_or_none(r["ppl"])}
+    if st.last_val["val_loss"] is not None:
+        st.best_val_loss = r["loss"] if st.best_val_loss is None else min(st.best_val_loss, r["loss"])
+    s.metrics.write({**st.last_val, "elapsed_s": st.elapsed()})
+    if st.last_val["val_loss"] is None:
+        say(f"step {st.step}: validation loss is not finite ({r['loss']}); logged as null")
+    else:
+        say(f"step {st.step}: val_loss {r['loss']:.4f} | val_bpb {r['bpb']:.4f} | val_ppl {r['ppl']:.2f}")
+
+
+def run_sample(s: Session) -> None:
+    with torch.random.fork_rng(devices=s.rng_devices):
+        text = _sample(s.model, s.tokenizer, s.cfg, s.device, s.bf16)
+    s.progress.say(f"---- sample at step {s.state.step} ----\n{s.tc.sample_prompt}{text}\n----")
+
+
+def save(s: Session) -> None:
+    """Checkpoint the run at its current step. A collective: every rank calls it."""
+    st = s.state
+    rngs = ddp.gather_objects(s.dinfo, ckpt_io.rng_state(s.device))
+    full = ddp.full_state(s.model, s.optimizer) if s.fsdp else None
+    s.last_saved = st.step
+    if not s.dinfo.is_main:
         return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def handler(signum, frame):
-        if signum == signal.SIGINT and seen:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
-        seen.append(signum)
-        on_signal(signum)
-
-    seen: list[int] = []
-
-    for s in previous:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    st.sampler = s.sampler.state_dict()
+    rng = {**rngs[0], "ranks": rngs} if s.dinfo.enabled else rngs[0]
+    s.last_ckpt = ckpt_io.save_checkpoint(s.run_dir, st.step, model=s.model, optimizer=s.optimizer,
+                                          trainer_state=st.to_dict(schedule_state(st.step, s.tc)), cfg=s.cfg,
+                                          tokenizer=s.tokenizer, keep_last=s.tc.keep_last, rng=rng,
+                                          log=s.progress.say, full_state=full)
 
 
-# ---- the loop ---------------------------------------------------------------------------------
+# ---- finish ------------------------------------------------------------------------------------
+
+
+def finish(s: Session, stop: str) -> None:
+    """End the run: a signal saves at once; any other stop validates, saves, and shows a sample."""
+    st, tc = s.state, s.tc
+    if stop == "signal":
+        s.received = s.received or [signal.SIGTERM]  # another rank received it
+        s.progress.say(f"received {signal.Signals(s.received[0]).name} at step {st.step}: "
+                       "saving a checkpoint and stopping")
+        if s.last_saved != st.step:
+            save(s)
+        return
+    if s.every_rank and (st.last_val is None or st.last_val.get("step") != st.step):
+        run_eval(s)
+    if s.last_saved != st.step:
+        save(s)
+    if s.every_rank and not (tc.sample_every and st.step % tc.sample_every == 0 and st.step > s.start_step):
+        run_sample(s)
 
 
 def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
@@ -139,289 +305,41 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
     NonFiniteLossError after ``MAX_CONSECUTIVE_SKIPS`` consecutive non-finite steps.
     """
     t_start = time.perf_counter()
-    # ---- check everything before writing anything
-    if cfg is not None:
-        cfg = RunConfig.from_dict(cfg.to_dict())  # never mutate the caller's config
-        cfg.validate()
-        _check_train_cfg(cfg)
-    plan = plan_run(cfg, out_dir, resume, log)
-    cfg, run_dir, resume_from = plan.cfg, plan.run_dir, plan.checkpoint
-    cfg.validate()
-    _check_train_cfg(cfg)
-    tc = cfg.train
-    device = resolve_device(tc.device)
-    bf16 = resolve_precision(tc.precision, device)
-    dinfo = ddp.from_env()
-    fsdp = dinfo.enabled and tc.distributed == "fsdp"
+    plan, device, bf16, tokenizer, splits, state = _prepare(cfg, out_dir, resume, log, t_start)
+    if state.step >= plan.cfg.train.max_steps:
+        log(f"{plan.checkpoint.name} is already at step {state.step} >= train.max_steps={plan.cfg.train.max_steps}; "
+            "nothing to train (raise train.max_steps to extend the run)")
+        return _result(state, plan.run_dir, "max_steps", None, plan.checkpoint, time.perf_counter() - t_start, 0.0)
 
-    corpus = load_corpus(cfg.data.path)
-    corpus_id = {"sha256": hashlib.sha256(corpus).hexdigest(), "bytes": len(corpus)}
-    if resume_from is not None:
-        try:
-            tokenizer = load_tokenizer(resume_from / "tokenizer.json")
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"cannot load the tokenizer of {resume_from}: {e}") from None
-    else:
-        tokenizer = build_tokenizer(cfg.data.tokenizer, corpus, cfg.data.bpe_vocab_size)
-    cfg.model.vocab_size = tokenizer.vocab_size
-    seq_len = cfg.seq_len
-    splits: TokenSplits = split_tokens(corpus, tokenizer, cfg.data.val_fraction, seq_len + 1)
-    del corpus
-    if not tokenizer.encode(tc.sample_prompt):
-        raise ConfigError("train.sample_prompt encodes to no tokens; give at least one character (default '\\n')")
-
-    state = ckpt_io.read_trainer_state(resume_from) if resume_from is not None else {}
-    start_step = int(state.get("step", 0))
-    if resume_from is not None:
-        saved_corpus = state.get("corpus") or {}
-        if saved_corpus and saved_corpus.get("sha256") != corpus_id["sha256"]:
-            log(f"warning: the corpus ({cfg.data.path or 'built-in'}) differs from the one this run was trained on "
-                f"({saved_corpus.get('bytes')} bytes then, {corpus_id['bytes']} now); training continues on the "
-                "new text, so the resumed run will not repeat the original batches")
-        if start_step >= tc.max_steps:
-            log(f"{resume_from.name} is already at step {start_step} >= train.max_steps={tc.max_steps}; "
-                "nothing to train (raise train.max_steps to extend the run)")
-            last = state.get("last_val") or {}
-            return TrainResult(step=start_step, val_loss=last.get("val_loss"), val_bpb=last.get("val_bpb"),
-                               seconds=time.perf_counter() - t_start, tokens_per_sec=0.0, run_dir=run_dir,
-                               stopped_by="max_steps", skipped_steps=int(state.get("skipped_steps", 0)),
-                               checkpoint=resume_from)
-
-    # ---- model, optimizer, sampler; restored from the checkpoint before any write
-    device, owns_group = ddp.setup(dinfo, device)
-    model = Transformer(cfg.model)
-    if resume_from is None:
-        model.init_weights(torch.Generator().manual_seed(tc.seed))
-        torch.manual_seed(tc.seed + dinfo.rank)  # dropout draws from the global generator, per rank
-    model.to(device)
-    if tc.activation_checkpointing:
-        checkpoint_activations(model)
-    optimizer = build_optimizer(model, tc, device)
-    sampler = ChunkSampler(splits.train, seq_len, tc.batch_size, tc.seed, dinfo.rank, dinfo.world_size)
-    if resume_from is not None:
-        ckpt_io.load_weights(model, resume_from, device=device)
-        ckpt_io.load_optimizer(optimizer, resume_from, device=device, model=model)
-    if fsdp:  # shard the restored model, then rebuild the optimizer over the shards with the same state
-        moments = ddp.optimizer_state_by_name(model, optimizer) if resume_from is not None else None
-        ddp.shard(model)
-        optimizer = build_optimizer(model, tc, device)
-        if moments is not None:
-            ddp.load_full_optimizer_state(model, optimizer, moments)
-    if resume_from is not None:
-        rng = ckpt_io.load_rng(resume_from)
-        try:
-            sampler.load_state_dict(state["sampler"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{resume_from / 'trainer_state.json'} has no usable sampler state: {e}") from None
-        ranks = rng.get("ranks") or []
-        if dinfo.enabled and len(ranks) != dinfo.world_size:
-            log(f"checkpoint has RNG states for {len(ranks) or 1} rank(s), this run has {dinfo.world_size}: "
-                "dropout will not repeat the original run exactly")
-        ckpt_io.restore_rng(ranks[dinfo.rank] if dinfo.rank < len(ranks) else rng, device, log)
-    fwd = model if fsdp else ddp.wrap(model, dinfo, device)
-    fwd = torch.compile(fwd) if tc.compile else fwd
-
-    # ---- write the run folder (rank 0 only, once every rank has checked its inputs)
-    ddp.barrier(dinfo)
-    metrics_path = run_dir / "metrics.jsonl"
-    if dinfo.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.to_yaml(run_dir / "config.yaml")
-        tokenizer.save(run_dir / "tokenizer.json")
-        if resume_from is not None and resume_from.parent.parent.resolve() == run_dir.resolve():
-            dropped = truncate_metrics(metrics_path, start_step)
-            if dropped:
-                log(f"metrics.jsonl: dropped {dropped} line(s) after step {start_step}; they are recomputed now")
-    metrics = MetricsWriter(metrics_path) if dinfo.is_main else _NullWriter()
-
-    step = start_step
-    skipped = int(state.get("skipped_steps", 0))
-    consecutive = int(state.get("consecutive_skips", 0))
-    tokens_seen = int(state.get("tokens_seen", 0))
-    elapsed0 = float(state.get("elapsed_s", 0.0))
-    best_val = state.get("best_val_loss")
-    last_val = state.get("last_val")
-    last_saved = start_step if resume_from is not None else None
-    last_ckpt = resume_from
-    tokens_per_step = tc.batch_size * tc.grad_accum * seq_len * dinfo.world_size
-    peak = peak_flops(device, "bf16" if bf16 else "fp32")
-    fpt = flops_per_token(cfg.model, matmul_params(model), seq_len)
-    params = [p for p in model.parameters() if p.requires_grad]
-    clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
-    rng_devices = [device] if device.type == "cuda" else []
-
-    # evaluation and samples run on rank 0, or on every rank when the model is sharded (its
-    # forward gathers parameters from all ranks); only rank 0 reports them
-    every_rank = dinfo.is_main or fsdp
-    show_bar = progress and tc.progress and dinfo.is_main
-    if not dinfo.is_main:
-        log = lambda m: None  # noqa: E731  (rank 0 speaks for the run)
-    bar = tqdm(total=tc.max_steps, initial=start_step, disable=not show_bar, dynamic_ncols=True, unit="step")
-    say = (lambda m: bar.write(m)) if show_bar and log is print else log
-    every_log = max(1, round(tc.max_steps / 10))
-    last_log = time.perf_counter()
-
-    received: list[int] = []
-
-    def run_eval() -> None:
-        nonlocal best_val, last_val
-        with torch.random.fork_rng(devices=rng_devices):  # evaluation never moves the training RNG
-            r = evaluate(model, splits.val, seq_len, tc.batch_size, tc.eval_batches, splits.val_bytes_per_token,
-                         autocast=autocast_ctx(device, bf16) if bf16 else None)
-        # a non-finite validation is logged (and checkpointed) as null, as a non-finite training
-        # loss is, and never becomes the best one; JSON has no NaN
-        last_val = {"step": step, "val_loss": finite_or_none(r["loss"]), "val_bpb": finite_or_none(r["bpb"]),
-                    "val_ppl": finite_or_none(r["ppl"])}
-        if last_val["val_loss"] is not None:
-            best_val = r["loss"] if best_val is None else min(best_val, r["loss"])
-        metrics.write({**last_val, "elapsed_s": elapsed()})
-        if last_val["val_loss"] is None:
-            say(f"step {step}: validation loss is not finite ({r['loss']}); logged as null")
-        else:
-            say(f"step {step}: val_loss {r['loss']:.4f} | val_bpb {r['bpb']:.4f} | val_ppl {r['ppl']:.2f}")
-
-    def run_sample() -> None:
-        with torch.random.fork_rng(devices=rng_devices):
-            text = _sample(model, tokenizer, cfg, device, bf16)
-        say(f"---- sample at step {step} ----\n{tc.sample_prompt}{text}\n----")
-
-    def save() -> None:
-        nonlocal last_saved, last_ckpt
-        rngs = ddp.gather_objects(dinfo, ckpt_io.rng_state(device))  # a collective: every rank calls save()
-        full = ddp.full_state(model, optimizer) if fsdp else None  # a collective too
-        last_saved = step
-        if not dinfo.is_main:
-            return
-        rng = {**rngs[0], "ranks": rngs} if dinfo.enabled else rngs[0]
-        trainer_state = {
-            "format": ckpt_io.FORMAT, "step": step, "sampler": sampler.state_dict(),
-            "schedule": schedule_state(step, tc), "skipped_steps": skipped, "consecutive_skips": consecutive,
-            "tokens_seen": tokens_seen, "elapsed_s": elapsed(), "best_val_loss": best_val, "last_val": last_val,
-            "corpus": corpus_id,
-        }
-        last_ckpt = ckpt_io.save_checkpoint(run_dir, step, model=model, optimizer=optimizer,
-                                            trainer_state=trainer_state, cfg=cfg, tokenizer=tokenizer,
-                                            keep_last=tc.keep_last, rng=rng, log=say, full_state=full)
-
-    t_session = time.perf_counter()
-
-    def elapsed() -> float:
-        return elapsed0 + time.perf_counter() - t_session
-
-    stopped_by = "max_steps"
-    train_time = 0.0
-    tok_s_avg = None
-    model.train()
+    s = _build(plan, device, bf16, tokenizer, splits, state, progress, log)
+    s.t_session = state.session_start = time.perf_counter()  # max_minutes and elapsed_s count from here
+    stop = "max_steps"
+    s.model.train()
     try:
-        with _stop_signals(received.append):
-            while step < tc.max_steps:
-                t0 = time.perf_counter()
-                lr = lr_at(step + 1, tc)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                batches = [_to_device(sampler.next_batch(), device) for _ in range(tc.grad_accum)]
-                loss_t = forward_backward(fwd, batches, bf16, cfg.train.loss_chunk)
-                norm_t = torch.nn.utils.clip_grad_norm_(params, clip)
-                out_of_time = tc.max_minutes is not None and time.perf_counter() - t_session >= tc.max_minutes * 60
-                # one host sync per step; under DDP one all-reduce makes every decision unanimous
-                loss, any_signal, any_timeout = ddp.reduce_step(dinfo, loss_t, bool(received), out_of_time)
-                norm = ddp.grad_norm_value(norm_t)
-                ok = math.isfinite(loss) and math.isfinite(norm)
-                if ok:
-                    optimizer.step()
-                    consecutive = 0
-                else:
-                    skipped += 1
-                    consecutive += 1
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                tokens_seen += tokens_per_step
-                dt = time.perf_counter() - t0
-                train_time += dt
-                tok_s = tokens_per_step / dt if dt > 0 else 0.0
-                tok_s_avg = tok_s if tok_s_avg is None else 0.9 * tok_s_avg + 0.1 * tok_s
-                metrics.write({
-                    "step": step, "loss": finite_or_none(loss), "lr": lr, "grad_norm": finite_or_none(norm),
-                    "tokens_per_sec": tok_s, "elapsed_s": elapsed(),
-                    "mfu": fpt * tok_s / peak if peak else None, "tokens": tokens_seen, "skipped": not ok,
-                })
-                if not ok:
-                    say(f"step {step}: non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} "
-                        f"(loss={loss}, grad_norm={norm}); optimizer step skipped "
-                        f"({consecutive} in a row, {skipped} in all)")
-                    if consecutive >= MAX_CONSECUTIVE_SKIPS:
-                        where = f"the last committed checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was saved"
-                        raise NonFiniteLossError(
-                            f"training diverged: {consecutive} consecutive steps (up to step {step}) had a "
-                            f"non-finite loss or gradient norm, so nothing was updated; {where}. Lower train.lr, "
-                            "raise train.warmup_steps or set train.grad_clip, and start a new run"
-                        )
-                eta = (tc.max_steps - step) * train_time / max(1, step - start_step)
-                if show_bar:
-                    bar.update(1)
-                    bar.set_postfix_str(f"loss {loss:.4f} | {tok_s_avg:,.0f} tok/s | lr {lr:.2e}", refresh=False)
-                elif step % every_log == 0 or step == tc.max_steps or time.perf_counter() - last_log >= LOG_SECONDS:
-                    last_log = time.perf_counter()
-                    log(f"step {step}/{tc.max_steps} | loss {loss:.4f} | lr {lr:.2e} | {tok_s_avg:,.0f} tok/s "
-                        f"| eta {format_duration(eta)}")
-                if tc.eval_every and step % tc.eval_every == 0 and every_rank:
-                    run_eval()
-                if tc.sample_every and step % tc.sample_every == 0 and every_rank:
-                    run_sample()
-                stop = None
-                if any_signal:
-                    stop = "signal"
-                elif any_timeout:
-                    stop = "max_minutes"
-                elif step >= tc.max_steps:
-                    stop = "max_steps"
-                # a run that ends here validates first and then saves, so the last checkpoint holds its val loss
-                if tc.ckpt_every and step % tc.ckpt_every == 0 and stop in (None, "signal"):
-                    save()
+        with stop_signals(s.received.append):
+            while True:
+                stop = after_step(s, train_step(s))
                 if stop:
-                    stopped_by = stop
                     break
-
-            if stopped_by == "signal":
-                received = received or [signal.SIGTERM]  # another rank received it
-                name = signal.Signals(received[0]).name
-                say(f"received {name} at step {step}: saving a checkpoint and stopping")
-                if last_saved != step:
-                    save()
-            else:
-                if every_rank and (last_val is None or last_val.get("step") != step):
-                    run_eval()
-                if last_saved != step:
-                    save()
-                if every_rank and not (tc.sample_every and step % tc.sample_every == 0 and step > start_step):
-                    run_sample()
-        ddp.barrier(dinfo)
+            finish(s, stop)
+        ddp.barrier(s.dinfo)
     finally:
-        bar.close()
-        metrics.close()
-        ddp.teardown(owns_group)
+        s.progress.close()
+        s.metrics.close()
+        ddp.teardown(s.owns_group)
 
-    seconds = time.perf_counter() - t_start
-    done = step - start_step
-    return TrainResult(
-        step=step,
-        val_loss=last_val["val_loss"] if last_val else None,
-        val_bpb=last_val["val_bpb"] if last_val else None,
-        seconds=seconds,
-        tokens_per_sec=done * tokens_per_step / train_time if train_time > 0 else 0.0,
-        run_dir=run_dir,
-        stopped_by=stopped_by,
-        signal=received[0] if stopped_by == "signal" else None,
-        skipped_steps=skipped,
-        checkpoint=last_ckpt,
-    )
+    done = state.step - s.start_step
+    tok_s = done * s.tokens_per_step / s.train_time if s.train_time > 0 else 0.0
+    return _result(state, plan.run_dir, stop, s.received[0] if stop == "signal" else None, s.last_ckpt,
+                   time.perf_counter() - t_start, tok_s)
 
 
-def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host batch to the device; on CUDA through pinned memory so the copy overlaps compute."""
-    if device.type == "cuda":
-        return batch.pin_memory().to(device, non_blocking=True)
-    return batch.to(device)
+def _result(state: RunState, run_dir: Path, stopped_by: str, sig: int | None, ckpt: Path | None, seconds: float,
+            tok_s: float) -> TrainResult:
+    last = state.last_val or {}
+    return TrainResult(step=state.step, val_loss=last.get("val_loss"), val_bpb=last.get("val_bpb"), seconds=seconds,
+                       tokens_per_sec=tok_s, run_dir=run_dir, stopped_by=stopped_by, signal=sig,
+                       skipped_steps=state.skipped_steps, checkpoint=ckpt)
 
 
 class _NullWriter:
