@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from arlm.cli.generate import StopStrings, compose_filters
+from arlm.generation.sampling import StopStrings, compose_filters
 from arlm.cli.main import main
 from arlm.config import PRESETS, RunConfig, preset
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 import secrets
-from typing import Callable
+
+from arlm.generation.sampling import SamplingError, StopStrings, unescape
 
 from .common import UsageError, check_device, note, out
 
@@ -17,11 +18,14 @@ def generate(args: argparse.Namespace) -> int:
     --top-p, then --min-p (each only when given); temperature 0 is greedy decoding.
     Generation stops after --max-new-tokens tokens or at the first --stop string (which is not
     printed). A prompt longer than the model context is an error unless --truncate keeps its
-    last tokens. The same --seed and options give the same text.
+    last tokens. The same --seed and options give the same text. Every option is checked
+    before anything is printed.
 
-    Also: --beams N (beam search, printed when done), repetition / presence / frequency
-    penalties, contrastive decoding against a smaller --amateur run, speculative decoding with a
-    smaller --draft run (same tokenizer; the acceptance rate goes to stderr), --compile.
+    Also: --beams N (beam search, printed when done; --stochastic samples the beams; the
+    sampling filters, penalties, --amateur and --draft do nothing there and are refused),
+    repetition / presence / frequency penalties, contrastive decoding against a smaller
+    --amateur run, speculative decoding with a smaller --draft run (same tokenizer; the
+    acceptance rate goes to stderr), --compile.
 
     examples:
       arlm generate runs/demo --prompt "def " --max-new-tokens 300
@@ -29,10 +33,11 @@ def generate(args: argparse.Namespace) -> int:
       arlm generate runs/big --prompt "def " --draft runs/small --num-draft-tokens 4
       arlm generate runs/demo --prompt "import " --beams 4 --max-new-tokens 40
     """
-    check_options(args)
+    cfg = check_options(args)
     import torch
 
     from arlm.generation import AutoregressiveWrapper
+    from arlm.generation.sampling import stream_text
     from arlm.run import load_run
 
     check_device(args.device)
@@ -49,11 +54,9 @@ def generate(args: argparse.Namespace) -> int:
         ids = ids[-context:]
         note(f"(prompt truncated to its last {context} tokens)")
     device = next(run.model.parameters()).device
-    seed = args.seed if args.seed is not None else secrets.randbits(63)
+    seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
     gen = torch.Generator(device=device).manual_seed(seed)
     wrapper = AutoregressiveWrapper(run.model)
-    prompt = torch.tensor([ids], dtype=torch.long, device=device)
-    filter_fn = compose_filters(args.top_k, args.top_p, args.min_p)
     extra = {}
     for flag, key in (("draft", "draft_model"), ("amateur", "amateur_model")):
         path = getattr(args, flag)
@@ -67,53 +70,35 @@ def generate(args: argparse.Namespace) -> int:
         extra["num_draft_tokens"] = args.num_draft_tokens
     if args.amateur is not None:
         extra["contrastive_decode_kwargs"] = dict(alpha=args.contrastive_alpha, beta=args.contrastive_beta)
-    penalties = dict(repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
-                     frequency_penalty=args.frequency_penalty)
-    if args.draft is None:
-        extra.update(penalties)
-    elif any(v != d for v, d in zip(penalties.values(), (1.0, 0.0, 0.0))):
-        raise UsageError("penalties cannot be combined with --draft (speculative decoding samples the target exactly)")
     if args.compile:
         extra["compile"] = True
 
-    if args.beams is not None:
-        with torch.no_grad():
-            beams = wrapper.beam_search(prompt, args.max_new_tokens, beams=args.beams,
-                                        length_penalty=args.length_penalty, return_beams_and_scores=True,
-                                        beams_first=False)
-        seqs, scores = beams
-        for i in range(min(args.num_samples, args.beams)):
+    if cfg.beams is not None:
+        prompt = torch.tensor([ids], dtype=torch.long, device=device)
+        seqs, scores = wrapper.beam_search(prompt, sampling=cfg.replace(stop=()), generator=gen,
+                                           return_beams_and_scores=True, beams_first=False)
+        for i in range(cfg.num_samples):
             if i:
                 out("\n" + "-" * 40)
-            text, _ = StopStrings(args.stop or []).feed(tok.decode(seqs[0, i].tolist()), final=True)
+            text, _ = StopStrings(cfg.stop).feed(tok.decode(seqs[0, i].tolist()), final=True)
             out(args.prompt + text)
             note(f"(beam {i + 1}: length-normalised log-probability {float(scores[0, i]):.3f})")
         return 0
 
-    for i in range(args.num_samples):
+    one = cfg.replace(num_samples=1)
+    for i in range(cfg.num_samples):
+        # the first token is decoded before anything is printed, so every late check
+        # (contrastive options, the draft's context) fails before the prompt appears
+        pieces = stream_text(wrapper, tok, ids, one, generator=gen, **extra)
         if i:
             out("\n" + "-" * 40)
         out(args.prompt, end="")
-        decoder = tok.stream_decoder()
-        stopper = StopStrings(args.stop or [])
-        steps = wrapper.stream(prompt, args.max_new_tokens, temperature=args.temperature,
-                               filter_logits_fn=filter_fn, generator=gen, **extra)
-        stopped = False
-        try:
-            for step in steps:
-                text, stopped = stopper.feed(decoder.push(step.tolist()))
-                out(text, end="")
-                if stopped:
-                    break
-        finally:
-            steps.close()  # restores the model's mode even when a stop string ended the loop early
-        if not stopped:
-            text, _ = stopper.feed(decoder.flush(), final=True)
+        for text in pieces:
             out(text, end="")
         out()
     if wrapper.last_stats.get("acceptance_rate") is not None:
         note(f"(speculative decoding: {wrapper.last_stats['acceptance_rate']:.1%} of draft tokens accepted)")
-    if args.seed is None and args.temperature > 0:
+    if cfg.seed is None and cfg.temperature > 0:
         note(f"(seed {seed}; pass --seed {seed} to repeat this sample)")
     return 0
 
@@ -122,8 +107,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="run directory written by `arlm train`")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     p.add_argument("--max-new-tokens", type=int, default=200, metavar="N", help="tokens to sample (default: 200)")
-    p.add_argument("--temperature", type=float, default=0.8, metavar="T",
-                   help="divide the logits by T before filtering; 0 = greedy (default: 0.8)")
+    p.add_argument("--temperature", type=float, metavar="T",
+                   help="divide the logits by T before filtering; 0 = greedy (default: 0.8; beam search: only "
+                   "with --stochastic)")
     p.add_argument("--top-k", type=int, metavar="K", help="keep the K most likely tokens")
     p.add_argument("--top-p", type=float, metavar="P", help="nucleus: keep the most likely tokens "
                    "whose probability adds up to P, in (0, 1]")
@@ -145,6 +131,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="subtract A times the count of each token already present (default: 0)")
     p.add_argument("--beams", type=int, metavar="N", help="beam search with N beams (printed when done; "
                    "--num-samples shows the best ones)")
+    p.add_argument("--stochastic", action="store_true", help="beam search samples its beams (Gumbel top-k) "
+                   "at --temperature")
     p.add_argument("--length-penalty", type=float, default=1.0, metavar="L",
                    help="beam scores are log-probability / length**L (default: 1)")
     p.add_argument("--draft", metavar="RUN", help="speculative decoding with this smaller run as the draft model")
@@ -157,91 +145,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU)")
 
 
-def check_options(args: argparse.Namespace) -> None:
-    """Reject bad sampling options before any model is loaded."""
-    if args.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.seed is not None and not (0 <= args.seed < 2**63):
-        raise UsageError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
-    if not math.isfinite(args.temperature) or args.temperature < 0:
-        raise UsageError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise UsageError(f"--top-k must be an integer >= 1, got {args.top_k}")
-    if args.top_p is not None and not (0.0 < args.top_p <= 1.0):
-        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.min_p is not None and not (0.0 <= args.min_p <= 1.0):
-        raise UsageError(f"--min-p must be in [0, 1], got {args.min_p}")
-    if args.beams is not None and args.beams < 1:
-        raise UsageError(f"--beams must be >= 1, got {args.beams}")
+def check_options(args: argparse.Namespace):
+    """Check every option before any model is loaded or anything printed; returns the
+    ``SamplingConfig`` they describe (its own checks named after the flags)."""
+    from arlm.generation.contrastive import check_contrastive
+    from arlm.generation.sampling import SamplingConfig
+
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = args.prompt[e.start].encode("utf-8", "surrogateescape")
+        raise UsageError(f"--prompt is not valid UTF-8: byte 0x{bad.hex()} at character {e.start}; "
+                         "give the prompt as UTF-8 text") from None
+    beams = args.beams is not None
+    if beams:
+        for flag in ("draft", "amateur", "compile"):
+            if getattr(args, flag):
+                raise UsageError(f"--{flag} does nothing in beam search (--beams); drop one of them")
+    elif args.stochastic:
+        raise UsageError("--stochastic samples the beams of beam search; add --beams N or drop it")
     if args.num_draft_tokens < 1:
         raise UsageError(f"--num-draft-tokens must be >= 1, got {args.num_draft_tokens}")
-    if not (math.isfinite(args.repetition_penalty) and args.repetition_penalty > 0):
-        raise UsageError(f"--repetition-penalty must be > 0 (1 = off), got {args.repetition_penalty}")
     if args.draft is not None and args.amateur is not None:
         raise UsageError("choose either --draft (speculative) or --amateur (contrastive), not both")
-    if args.num_samples < 1:
-        raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.draft is not None and (args.repetition_penalty, args.presence_penalty, args.frequency_penalty) != (1, 0, 0):
+        raise UsageError("penalties cannot be combined with --draft (speculative decoding samples the target exactly)")
     if args.step is not None and args.step < 0:
         raise UsageError(f"--step must be >= 0, got {args.step}")
-    if args.stop:
-        args.stop = [_unescape(s) for s in args.stop]
-        if any(not s for s in args.stop):
-            raise UsageError("--stop strings must not be empty")
-
-
-def compose_filters(top_k: int | None = None, top_p: float | None = None,
-                    min_p: float | None = None) -> Callable | None:
-    """One logits filter applying top-k, then top-p, then min-p (those given); None if none is."""
-    from arlm.generation import filters
-
-    chain = []
-    if top_k is not None:
-        chain.append(lambda logits: filters.top_k(logits, k=top_k))
-    if top_p is not None:
-        chain.append(lambda logits: filters.top_p(logits, thres=top_p))
-    if min_p is not None:
-        chain.append(lambda logits: filters.min_p(logits, min_p=min_p))
-    if not chain:
-        return None
-
-    def composed(logits):
-        for f in chain:
-            logits = f(logits)
-        return logits
-
-    return composed
-
-
-class StopStrings:
-    """Cuts streamed text at the first stop string, holding back text that may begin one."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-
-    def feed(self, text: str, final: bool = False) -> tuple[str, bool]:
-        """Add decoded text; returns (text safe to print, whether a stop string was reached)."""
-        self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            ready, self.pending = self.pending[: min(hits)], ""
-            return ready, True
-        keep = 0 if final else self._held_back()
-        cut = len(self.pending) - keep
-        ready, self.pending = self.pending[:cut], self.pending[cut:]
-        return ready, False
-
-    def _held_back(self) -> int:
-        """Length of the longest end of ``pending`` that is the start of some stop string."""
-        best = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.pending)), best, -1):
-                if self.pending.endswith(s[:n]):
-                    best = n
-                    break
-        return best
-
-
-def _unescape(s: str) -> str:
-    """'\\n' typed on a command line means a newline (shells pass the two characters)."""
-    return s.replace("\\n", "\n").replace("\\t", "\t")
+    if args.amateur is not None:
+        try:
+            check_contrastive(args.contrastive_alpha, args.contrastive_beta)
+        except ValueError as e:
+            raise UsageError(str(e).replace("contrastive alpha", "--contrastive-alpha")
+                             .replace("contrastive beta", "--contrastive-beta")) from None
+    temperature = args.temperature if args.temperature is not None else (1.0 if beams else 0.8)
+    try:
+        return SamplingConfig(
+            max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=args.top_k, top_p=args.top_p,
+            min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+            frequency_penalty=args.frequency_penalty, stop=tuple(unescape(s) for s in args.stop or ()),
+            seed=args.seed, num_samples=args.num_samples, beams=args.beams, length_penalty=args.length_penalty,
+            stochastic=args.stochastic)
+    except SamplingError as e:
+        flag = "--" + e.field.replace("_", "-")
+        raise UsageError(f"{flag} {e.problem}".replace("beam search", "beam search (--beams)")) from None

@@ -10,15 +10,25 @@ from torch import nn
 
 from .beam import beam_search as _beam_search
 from .contrastive import contrastive_hook
-from .decode import check_penalties, check_sampling, check_token_ids, left_pad, stream_tokens
-from .filters import resolve_filter, top_k
+from .decode import check_token_ids, left_pad, stream_tokens
+from .filters import identity, top_k
+from .sampling import SamplingConfig, SamplingError
 from .speculative import speculative_tokens
 
 
 # keyword-only extras of stream() that generate() forwards
 _STREAM_EXTRAS = ("truncate_prompt", "amateur_model", "contrastive_decode_kwargs", "draft_model", "num_draft_tokens",
                   "repetition_penalty", "presence_penalty", "frequency_penalty", "num_samples", "compile",
-                  "prepend_embeds")
+                  "prepend_embeds", "sampling")
+
+# x-transformers' keyword names for SamplingConfig fields
+_XT_NAMES = {"filter_logits_fn": "logits_filter"}
+# keyword defaults of each entry point: with sampling= given, the others must stay at these
+_SAMPLING_DEFAULTS = {
+    "stream": dict(eos_token=None, temperature=1.0, filter_logits_fn=top_k, filter_kwargs=None, repetition_penalty=1.0,
+                   presence_penalty=0.0, frequency_penalty=0.0, num_samples=1),
+    "beam_search": dict(beams=4, eos_token=None, length_penalty=1.0, stochastic=False, temperature=1.0),
+}
 
 
 def _reject_unknown(where: str, kwargs: dict, supported, prefix: str = "") -> None:
@@ -139,23 +149,68 @@ class AutoregressiveWrapper(nn.Module):
         if eos_token is not None and not (0 <= eos_token < self.net.cfg.vocab_size):
             raise ValueError(f"eos_token {eos_token} is outside the vocabulary [0, {self.net.cfg.vocab_size})")
 
-    def stream(self, prompts, seq_len: int, eos_token: int | None = None, temperature: float = 1.0,
+    def _sampling(self, where: str, sampling: SamplingConfig | None, seq_len, given: dict) -> SamplingConfig:
+        """The one SamplingConfig of a call: ``sampling`` itself, or one built (and so validated)
+        from x-transformers-style keywords; errors use the keyword names the caller wrote."""
+        if sampling is not None:
+            if not isinstance(sampling, SamplingConfig):
+                raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+            clash = [k for k, v in given.items() if v != _SAMPLING_DEFAULTS[where][k]]
+            if clash:
+                raise TypeError(f"{where}() got sampling= and also {', '.join(clash)}; put them in the SamplingConfig")
+            if seq_len is not None and seq_len != sampling.max_new_tokens:
+                raise ValueError(f"seq_len={seq_len} differs from sampling.max_new_tokens={sampling.max_new_tokens}")
+            cfg = sampling
+        else:
+            if seq_len is None:
+                raise TypeError(f"{where}() needs seq_len (the number of new tokens) or sampling=SamplingConfig(...)")
+            names = {_XT_NAMES.get(k, k): v for k, v in given.items()}
+            try:
+                cfg = SamplingConfig(max_new_tokens=seq_len, **names)
+            except SamplingError as e:
+                name = {v: k for k, v in _XT_NAMES.items()}.get(e.field, e.field)
+                raise SamplingError("seq_len" if name == "max_new_tokens" else name, e.problem) from None
+        if (cfg.beams is not None) != (where == "beam_search"):
+            raise ValueError("sampling.beams is set: call beam_search()" if cfg.beams is not None else
+                             "beam_search() needs beams >= 1")
+        if cfg.stop:
+            raise ValueError("stop strings work on text: use arlm.generation.sampling.stream_text(wrapper, "
+                             "tokenizer, ids, sampling) or cut the decoded text yourself")
+        self._check_eos(cfg.eos_token)
+        return cfg
+
+    def stream(self, prompts, seq_len: int | None = None, eos_token: int | None = None, temperature: float = 1.0,
                prompt_lens: torch.Tensor | None = None, filter_logits_fn: str | Callable | None = top_k,
                restrict_to_max_seq_len: bool = True, filter_kwargs: dict | None = None,
                cache_kv: bool = True, generator: torch.Generator | None = None, *,
+               sampling: SamplingConfig | None = None,
                truncate_prompt: bool = False, amateur_model: nn.Module | None = None,
                contrastive_decode_kwargs: dict | None = None, draft_model: nn.Module | None = None,
                num_draft_tokens: int = 4, repetition_penalty: float = 1.0, presence_penalty: float = 0.0,
                frequency_penalty: float = 0.0, num_samples: int = 1, compile: bool = False,
                prepend_embeds: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
         """Like ``generate`` but yields each step's tokens (B,) as they are produced."""
-        check_sampling(temperature, seq_len)
-        check_penalties(repetition_penalty, presence_penalty, frequency_penalty)
-        self._check_eos(eos_token)
-        filter_fn = resolve_filter(filter_logits_fn)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        cfg = self._sampling("stream", sampling, seq_len, dict(
+            eos_token=eos_token, temperature=temperature, filter_logits_fn=filter_logits_fn,
+            filter_kwargs=filter_kwargs, repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, num_samples=num_samples))
+        yield from self._stream(prompts, cfg, prompt_lens=prompt_lens, restrict_to_max_seq_len=restrict_to_max_seq_len,
+                                cache_kv=cache_kv, generator=generator, truncate_prompt=truncate_prompt,
+                                amateur_model=amateur_model, contrastive_decode_kwargs=contrastive_decode_kwargs,
+                                draft_model=draft_model, num_draft_tokens=num_draft_tokens, compile=compile,
+                                prepend_embeds=prepend_embeds)
+
+    def _stream(self, prompts, cfg: SamplingConfig, *, prompt_lens=None, restrict_to_max_seq_len: bool = True,
+                cache_kv: bool = True, generator=None, truncate_prompt: bool = False, amateur_model=None,
+                contrastive_decode_kwargs=None, draft_model=None, num_draft_tokens: int = 4, compile: bool = False,
+                prepend_embeds=None) -> Iterator[torch.Tensor]:
+        seq_len, temperature, eos_token, num_samples = cfg.max_new_tokens, cfg.temperature, cfg.eos_token, cfg.num_samples
+        penalties = dict(repetition_penalty=cfg.repetition_penalty, presence_penalty=cfg.presence_penalty,
+                         frequency_penalty=cfg.frequency_penalty)
+        filter_fn = cfg.filter_fn() or identity
         ids, start = self._prepare(prompts, prompt_lens, truncate_prompt)
+        if generator is None:
+            generator = cfg.generator(ids.device)
         if prepend_embeds is not None:
             if amateur_model is not None or draft_model is not None:
                 raise ValueError("prepend_embeds work with plain sampling, not contrastive or speculative decoding")
@@ -181,29 +236,28 @@ class AutoregressiveWrapper(nn.Module):
             if draft_model is not None:
                 if isinstance(num_draft_tokens, bool) or not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
                     raise ValueError(f"num_draft_tokens must be an integer >= 1, got {num_draft_tokens!r}")
-                if eos_token is not None or repetition_penalty != 1.0 or presence_penalty or frequency_penalty:
+                if eos_token is not None or penalties != dict(zip(penalties, (1.0, 0.0, 0.0))):
                     raise ValueError("speculative decoding supports neither eos_token nor penalties; "
                                      "use plain generate for those")
                 draft = getattr(draft_model, "net", draft_model)
                 yield from speculative_tokens(self.net, draft, ids, start, seq_len, num_draft_tokens=num_draft_tokens,
                                               temperature=temperature, filter_fn=filter_fn,
-                                              filter_kwargs=filter_kwargs, generator=generator, stats=self.last_stats)
+                                              generator=generator, stats=self.last_stats)
                 return
             hook = None
             if amateur_model is not None:
                 amateur = getattr(amateur_model, "net", amateur_model)
                 hook = contrastive_hook(amateur, ids.shape[0], start, cache_kv, **(contrastive_decode_kwargs or {}))
             yield from stream_tokens(self.net, ids, start, seq_len, temperature=temperature, filter_fn=filter_fn,
-                                     filter_kwargs=filter_kwargs, eos_token=eos_token, pad_value=self.pad_value,
-                                     cache_kv=cache_kv, generator=generator, logits_hook=hook,
-                                     repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
-                                     frequency_penalty=frequency_penalty, compile=compile, prepend=prepend_embeds)
+                                     eos_token=eos_token, pad_value=self.pad_value, cache_kv=cache_kv,
+                                     generator=generator, logits_hook=hook, compile=compile, prepend=prepend_embeds,
+                                     **penalties)
         finally:
             for m, t in zip((self.net, *models), was_training):
                 m.train(t)
 
     @torch.inference_mode()
-    def generate(self, prompts, seq_len: int, eos_token: int | None = None, temperature: float = 1.0,
+    def generate(self, prompts, seq_len: int | None = None, eos_token: int | None = None, temperature: float = 1.0,
                  prompt_lens: torch.Tensor | None = None, filter_logits_fn: str | Callable | None = top_k,
                  restrict_to_max_seq_len: bool = True, filter_kwargs: dict | None = None,
                  cache_kv: bool = True, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
@@ -224,15 +278,21 @@ class AutoregressiveWrapper(nn.Module):
         ``contrastive_decode_kwargs=dict(alpha=0.1, beta=0.5)`` (contrastive decoding),
         ``draft_model`` + ``num_draft_tokens`` (speculative decoding; acceptance rate in
         ``self.last_stats``), ``compile`` (compile the one-token decode step; CUDA graphs on a GPU;
-        the first call pays the compile time).
+        the first call pays the compile time), ``sampling`` (a ``SamplingConfig`` holding all the
+        sampling options at once, instead of the keywords above; seq_len may then be left out).
         Returns (B, n) or (n,) for a 1-D prompt, n <= seq_len (fewer when every row ended early).
         """
         _reject_unknown("generate", {k: v for k, v in kwargs.items() if k not in _STREAM_EXTRAS}, _STREAM_EXTRAS,
                         "generate's named parameters and ")
-        was_1d = torch.is_tensor(prompts) and prompts.dim() == 1 and kwargs.get("num_samples", 1) == 1
-        steps = list(self.stream(prompts, seq_len, eos_token, temperature, prompt_lens, filter_logits_fn,
-                                 restrict_to_max_seq_len, filter_kwargs, cache_kv, generator, **kwargs))
-        out = torch.stack(steps, dim=1)
+        given = dict(_SAMPLING_DEFAULTS["stream"], eos_token=eos_token, temperature=temperature,
+                     filter_logits_fn=filter_logits_fn, filter_kwargs=filter_kwargs)
+        given.update({k: kwargs.pop(k) for k in _SAMPLING_DEFAULTS["stream"] if k in kwargs})
+        cfg = self._sampling("stream", kwargs.pop("sampling", None), seq_len, given)
+        was_1d = torch.is_tensor(prompts) and prompts.dim() == 1 and cfg.num_samples == 1
+        out = torch.stack(list(self._stream(prompts, cfg, prompt_lens=prompt_lens, cache_kv=cache_kv,
+                                            restrict_to_max_seq_len=restrict_to_max_seq_len, generator=generator,
+                                            **kwargs)), dim=1)
+        eos_token = cfg.eos_token
         if eos_token is not None:  # drop trailing steps taken after every row had ended
             ended = (out == eos_token).cumsum(dim=1) > 0  # (B, n): True from a row's EOS on
             all_ended = ended.all(dim=0)
@@ -241,32 +301,33 @@ class AutoregressiveWrapper(nn.Module):
         return out[0] if was_1d else out
 
     @torch.inference_mode()
-    def beam_search(self, prompts, seq_len: int, beams: int = 4, return_beams_and_scores: bool = False,
+    def beam_search(self, prompts, seq_len: int | None = None, beams: int = 4, return_beams_and_scores: bool = False,
                     eos_token: int | None = None, length_penalty: float = 1.0, stochastic: bool = False,
                     temperature: float = 1.0, prompt_lens: torch.Tensor | None = None, cache_kv: bool = True,
-                    generator: torch.Generator | None = None, truncate_prompt: bool = False, beams_first: bool = True):
+                    generator: torch.Generator | None = None, truncate_prompt: bool = False, beams_first: bool = True,
+                    *, sampling: SamplingConfig | None = None):
         """Beam search over ``beams`` hypotheses per prompt; returns the best new tokens (B, seq_len)
         padded with ``pad_value`` after EOS, or with ``return_beams_and_scores`` all beams, best
         first, and their length-normalised log-probabilities: (beams, B, seq_len) and (beams, B) as
         x-transformers, or (B, beams, seq_len) and (B, beams) with ``beams_first=False`` (a 1-D
         prompt gives (beams, seq_len) and (beams,) either way).
         Finished hypotheses (EOS) are kept and ranked by logp / length ** length_penalty;
-        ``beams=1`` equals greedy decoding. ``stochastic`` samples beams (Gumbel top-k)."""
-        check_sampling(temperature, seq_len)
-        self._check_eos(eos_token)
-        if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
-            raise ValueError(f"beams must be an integer >= 1, got {beams!r}")
-        if stochastic and temperature == 0:
-            raise ValueError("stochastic beam search needs temperature > 0")
+        ``beams=1`` equals greedy decoding. ``stochastic`` samples beams (Gumbel top-k) at
+        ``temperature`` (which plain beam search does not use, so another value is refused).
+        ``sampling``: a ``SamplingConfig`` with ``beams`` set, instead of the keywords."""
+        cfg = self._sampling("beam_search", sampling, seq_len, dict(
+            beams=beams, eos_token=eos_token, length_penalty=length_penalty, stochastic=stochastic,
+            temperature=temperature))
+        seq_len, beams = cfg.max_new_tokens, cfg.beams
         was_1d = torch.is_tensor(prompts) and prompts.dim() == 1
         ids, start = self._prepare(prompts, prompt_lens, truncate_prompt)
         was_training = self.net.training
         self.net.eval()
         try:
-            seqs, scores = _beam_search(self.net, ids, start, seq_len, beams=beams, eos_token=eos_token,
-                                        length_penalty=length_penalty, stochastic=stochastic,
-                                        temperature=temperature, pad_value=self.pad_value, generator=generator,
-                                        cache_kv=cache_kv)
+            seqs, scores = _beam_search(self.net, ids, start, seq_len, beams=beams, eos_token=cfg.eos_token,
+                                        length_penalty=cfg.length_penalty, stochastic=cfg.stochastic,
+                                        temperature=cfg.temperature, pad_value=self.pad_value,
+                                        generator=generator or cfg.generator(ids.device), cache_kv=cache_kv)
         finally:
             self.net.train(was_training)
         if return_beams_and_scores:
