@@ -53,10 +53,17 @@ def split_tokens(corpus: bytes, tokenizer, val_fraction: float, min_len: int) ->
     )
 
 
-def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> torch.Tensor:
-    """Rows ``tokens[s : s + seq_len + 1]`` for each start, as int64."""
-    index = starts[:, None] + np.arange(seq_len + 1)  # (B, T+1)
-    return torch.from_numpy(tokens[index].astype(np.int64))
+def _windows(tokens, starts: np.ndarray, seq_len: int) -> torch.Tensor:
+    """Rows ``tokens[s : s + seq_len + 1]`` for each start, as int64.
+
+    ``tokens`` is an array, or any 1-D sequence that slices (memory-mapped shards: a window may
+    span two of them).
+    """
+    if isinstance(tokens, np.ndarray):
+        index = starts[:, None] + np.arange(seq_len + 1)  # (B, T+1)
+        return torch.from_numpy(tokens[index].astype(np.int64))
+    rows = [tokens[int(s) : int(s) + seq_len + 1] for s in starts]
+    return torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, T+1)
 
 
 def _check_stream(tokens: np.ndarray, seq_len: int, batch_size: int) -> None:
