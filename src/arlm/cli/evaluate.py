@@ -13,7 +13,8 @@ def evaluate(args: argparse.Namespace) -> int:
     """Print a run's validation loss (nats per token), bits per byte and perplexity.
 
     Without --data the run's own validation split is used (the last data.val_fraction of its
-    corpus, re-derived from RUN/config.yaml); with --data, that whole corpus is scored.
+    corpus, re-derived from RUN/config.yaml); with --data, that whole corpus is scored, or, for a
+    folder written by `arlm prepare`, its validation split (refused if it was tokenized otherwise).
     Bits per byte divide the total loss by the bytes of UTF-8 text scored, so they compare across
     tokenizers; with the byte tokenizer one token is one byte, and on ASCII text one character,
     so it is also bits per character. Perplexity is per token: exp(loss).
@@ -50,7 +51,7 @@ def evaluate(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="run directory written by `arlm train`")
     p.add_argument("--data", metavar="PATH", help="score this corpus (file, .gz or folder) instead of "
-                   "the run's validation split")
+                   "the run's validation split; a folder from `arlm prepare`: its validation split")
     p.add_argument("--max-batches", type=int, metavar="N", help="score at most N batches (default: all)")
     p.add_argument("--batch-size", type=int, metavar="N", help="sequences per batch (default: the run's "
                    "train.batch_size); the result does not depend on it")

@@ -74,7 +74,7 @@ def add_config_arguments(p: argparse.ArgumentParser, *, for_training: bool) -> N
     g.add_argument("--config", metavar="FILE.yaml", help="YAML file with model/data/train sections; "
                    "its keys override the preset (configs/*.yaml are the presets written out)")
     g.add_argument("--data", metavar="PATH", help="corpus: a text file, a .gz, a folder of text files, "
-                   "or 'default' for the built-in corpus (sets data.path)")
+                   "a folder from `arlm prepare` (memory-mapped), or 'default' for the built-in corpus (sets data.path)")
     g.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps to train to (sets train.max_steps)")
     g.add_argument("--tokenizer", choices=TOKENIZERS, help="byte (256 ids) or bpe trained on the corpus "
                    "(sets data.tokenizer)")

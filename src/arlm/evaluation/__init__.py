@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import DataError, eval_batches, load_corpus, split_tokens
+from ..data import DataError, eval_batches, is_prepared, load_corpus, open_training_data
 
 __all__ = ["evaluate", "evaluate_run"]
 
@@ -56,14 +57,16 @@ def evaluate_run(run, data_path=None, max_batches: int | None = None, *, batch_s
     """Evaluate a loaded run (``arlm.run.load_run``).
 
     ``data_path`` None: the run's own validation split, re-derived from its config and tokenizer
-    (the same tokens the trainer validated on). Otherwise every token of that file or folder
-    (not split), with bits per byte from its byte count. ``max_batches`` None scores everything.
+    (the same tokens the trainer validated on). A prepared folder (``arlm prepare``): its
+    validation split. Otherwise every token of that file or folder (not split), with bits per
+    byte from its byte count. ``max_batches`` None scores everything.
     """
     cfg, tok = run.cfg, run.tokenizer
     seq_len = cfg.seq_len
     batch_size = batch_size or cfg.train.batch_size
-    if data_path is None:
-        splits = split_tokens(load_corpus(cfg.data.path), tok, cfg.data.val_fraction, seq_len + 1)
+    if data_path is None or is_prepared(data_path):  # a prepared folder: its validation split
+        data_cfg = cfg.data if data_path is None else replace(cfg.data, path=str(data_path))
+        splits = open_training_data(data_cfg, seq_len, tokenizer=tok)
         tokens, bytes_per_token = splits.val, splits.val_bytes_per_token
     else:
         data = load_corpus(data_path)

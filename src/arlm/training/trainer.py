@@ -9,7 +9,6 @@ bit-for-bit the uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import signal
 import time
@@ -20,11 +19,11 @@ from typing import Callable
 import torch
 
 from ..config import ConfigError, RunConfig
-from ..data import ChunkSampler, TokenSplits, load_corpus, split_tokens
+from ..data import ChunkSampler, TokenSplits, align_data_config, open_training_data
 from ..evaluation import evaluate
 from ..generation import AutoregressiveWrapper
 from ..model import Transformer
-from ..tokenizers import build_tokenizer, load_tokenizer
+from ..tokenizers import load_tokenizer
 from . import checkpoint as ckpt_io
 from . import distributed as ddp
 from .checkpoint import CheckpointError
@@ -83,6 +82,7 @@ def _prepare(cfg: RunConfig | None, out_dir, resume, log: Callable[[str], None],
         cfg = RunConfig.from_dict(cfg.to_dict())  # never mutate the caller's config
         cfg.validate()
         _check_train_cfg(cfg)
+        align_data_config(cfg.data, log)  # a prepared folder decides the tokenizer and split
     plan = plan_run(cfg, out_dir, resume, log)
     cfg, resume_from = plan.cfg, plan.checkpoint
     cfg.validate()
@@ -91,18 +91,16 @@ def _prepare(cfg: RunConfig | None, out_dir, resume, log: Callable[[str], None],
     device = resolve_device(tc.device)
     bf16 = resolve_precision(tc.precision, device)
 
-    corpus = load_corpus(cfg.data.path)  # the one place the trainer opens its data
-    corpus_id = {"sha256": hashlib.sha256(corpus).hexdigest(), "bytes": len(corpus)}
+    saved_tokenizer = None
     if resume_from is not None:
         try:
-            tokenizer = load_tokenizer(resume_from / "tokenizer.json")
+            saved_tokenizer = load_tokenizer(resume_from / "tokenizer.json")
         except (OSError, ValueError) as e:
             raise CheckpointError(f"cannot load the tokenizer of {resume_from}: {e}") from None
-    else:
-        tokenizer = build_tokenizer(cfg.data.tokenizer, corpus, cfg.data.bpe_vocab_size)
+    # the one place the trainer opens its data: raw text (tokenized now) or prepared shards (memory-mapped)
+    splits: TokenSplits = open_training_data(cfg.data, cfg.seq_len, tokenizer=saved_tokenizer)
+    tokenizer, corpus_id = splits.tokenizer, splits.corpus_id
     cfg.model.vocab_size = tokenizer.vocab_size
-    splits: TokenSplits = split_tokens(corpus, tokenizer, cfg.data.val_fraction, cfg.seq_len + 1)
-    del corpus
     if not tokenizer.encode(tc.sample_prompt):
         raise ConfigError("train.sample_prompt encodes to no tokens; give at least one character (default '\\n')")
 
