@@ -78,6 +78,7 @@ def prepare(source, out, *, tokenizer: str = "byte", bpe_vocab_size: int = 4096,
     tmp.mkdir(parents=True)
     try:
         tok = _build_tokenizer(tokenizer, bpe_vocab_size, docs(), bpe_sample_bytes, log)
+        t_tokenizer = time.perf_counter() - t0
         tok.save(tmp / TOKENIZER_FILE)
         tok = load_tokenizer(tmp / TOKENIZER_FILE)  # exactly what training will load
         sep = SEPARATOR_BYTE if tok.kind == "byte" else tok.vocab_size - 1
@@ -117,6 +118,7 @@ def prepare(source, out, *, tokenizer: str = "byte", bpe_vocab_size: int = 4096,
             "bytes_note": "bytes: what the tokens stand for (UTF-8 text); separators count 0",
             "splits": splits,
             "seconds": round(time.perf_counter() - t0, 3),
+            "tokenizer_seconds": round(t_tokenizer, 3),  # of those, building (training) the tokenizer
         }
         (tmp / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if out.exists():
