@@ -19,7 +19,8 @@ from .checks import ConfigError, _choice, _coerce, _finite_and_in_range, _positi
 from .model import ModelConfig
 
 TOKENIZERS = ("byte", "bpe")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "wsd")
+DECAY_SHAPES = ("linear", "1-sqrt")
 OPTIMIZERS = ("adamw", "adam", "muon")
 PRECISIONS = ("auto", "fp32", "bf16")
 DISTRIBUTED = ("ddp", "fsdp")
@@ -60,7 +61,9 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
-    schedule: str = "cosine"
+    schedule: str = "cosine"  # cosine | constant | wsd (warmup, stable, decay: a run that can be extended)
+    decay_fraction: float = 0.2  # wsd: the decay takes the last this fraction of max_steps
+    decay_shape: str = "linear"  # wsd: linear | 1-sqrt (Hägele et al. 2024)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -95,6 +98,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0 (0 disables it), got {getattr(self, name)}")
         _choice(self, "optimizer", OPTIMIZERS)
         _choice(self, "schedule", SCHEDULES)
+        _choice(self, "decay_shape", DECAY_SHAPES)
+        if not (0.0 < self.decay_fraction <= 1.0):
+            raise ConfigError(f"train.decay_fraction must be in (0, 1] (the share of max_steps the wsd decay "
+                              f"takes), got {self.decay_fraction}")
         _choice(self, "precision", PRECISIONS)
         _choice(self, "distributed", DISTRIBUTED)
         if self.distributed == "fsdp" and self.optimizer == "muon":

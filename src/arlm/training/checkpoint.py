@@ -98,11 +98,13 @@ def rng_state(device: torch.device) -> dict:
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model, optimizer, trainer_state: dict, cfg,
                     tokenizer, keep_last: int, rng: dict | None = None,
-                    log: Callable[[str], None] = _stderr, full_state: tuple[dict, dict] | None = None) -> Path:
+                    log: Callable[[str], None] = _stderr, full_state: tuple[dict, dict] | None = None,
+                    keep: Callable[[int], bool] | None = None) -> Path:
     """Write ``RUN/checkpoints/step-<step>`` atomically, point ``RUN/latest`` at it, then prune
     committed checkpoints beyond the newest ``keep_last``. Returns the checkpoint folder.
     ``full_state``: (model, optimizer) state dicts gathered from a sharded (FSDP) model, written
     instead of ``model`` and ``optimizer``'s own; the optimizer's is keyed by parameter name.
+    ``keep(step)``: pruning spares the checkpoints it is true for (a wsd run's pre-decay one).
 
     If any write fails (disk full, permissions, ...) the temporary folder is removed, earlier
     checkpoints and ``latest`` are untouched, and ``CheckpointError`` says what failed.
@@ -163,7 +165,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, optimizer, trainer
             f"saving checkpoint {name} in {root} failed while {action}: {e}. {detail}"
             "Earlier checkpoints are intact; free space or fix permissions, then resume with --resume auto"
         ) from e
-    _prune(root, keep_last, keep=final, log=log)
+    _prune(root, keep_last, keep=final, log=log, spare=keep)
     return final
 
 
@@ -177,10 +179,11 @@ def _write_latest(run_dir: Path, name: str) -> None:
     _fsync_dir(run_dir)
 
 
-def _prune(root: Path, keep_last: int, keep: Path, log: Callable[[str], None]) -> None:
+def _prune(root: Path, keep_last: int, keep: Path, log: Callable[[str], None],
+           spare: Callable[[int], bool] | None = None) -> None:
     committed = [(s, p) for s, p in step_dirs(root.parent) if (p / COMMIT).is_file()]
-    for _, path in committed[:-keep_last] if keep_last > 0 else []:
-        if path == keep:
+    for step, path in committed[:-keep_last] if keep_last > 0 else []:
+        if path == keep or (spare is not None and spare(step)):
             continue
         try:
             shutil.rmtree(path)

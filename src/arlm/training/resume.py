@@ -6,13 +6,14 @@ trainer can reject a bad ``--out`` / ``--resume`` before any work starts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..config import ConfigError, RunConfig, all_keys
 from .checkpoint import (COMMIT, CheckpointError, committed_steps, latest_checkpoint, step_dirs,
                          verify_checkpoint)
+from .extend import extension_start
 
 # Keys a resumed run may change: how long to train, how often to evaluate / sample / save, and
 # where and how fast to run. Anything else would make the resumed run a different run.
@@ -34,6 +35,7 @@ class RunPlan:
     cfg: RunConfig
     run_dir: Path
     checkpoint: Path | None
+    set_aside: list[Path] = field(default_factory=list)  # newer checkpoints moved aside before writing
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -123,8 +125,11 @@ def plan_run(cfg: RunConfig | None, out_dir: str | Path, resume: str | Path | No
             )
         return RunPlan(cfg, out, None)
 
+    aside: list[Path] = []
     if isinstance(resume, str) and resume == "auto":
         ckpt = latest_checkpoint(out, log) if out.is_dir() else None
+        if ckpt is not None:
+            ckpt, aside = extension_start(out, ckpt, cfg, log)  # a longer wsd run: from before its decay
         if ckpt is None:
             if is_run_dir(out):
                 # stopped before its first save (or no checkpoint verifies): nothing to continue, so
@@ -150,7 +155,7 @@ def plan_run(cfg: RunConfig | None, out_dir: str | Path, resume: str | Path | No
     if out.exists() and out.resolve() == source_run.resolve():
         newer = []
         for step, path in step_dirs(out):
-            if step > ckpt_step:
+            if step > ckpt_step and path not in aside:
                 try:
                     verify_checkpoint(path)
                     newer.append(path.name)
@@ -170,4 +175,4 @@ def plan_run(cfg: RunConfig | None, out_dir: str | Path, resume: str | Path | No
         saved = RunConfig.from_yaml(ckpt / "config.yaml")
     except ConfigError as e:
         raise CheckpointError(f"{ckpt / 'config.yaml'} is not a usable config: {e}") from None
-    return RunPlan(merge_resume_config(saved, cfg), out, ckpt)
+    return RunPlan(merge_resume_config(saved, cfg), out, ckpt, aside)

@@ -30,9 +30,10 @@ from .checkpoint import CheckpointError
 from .device import autocast_ctx, resolve_device, resolve_precision
 from .metrics import MetricsWriter, finite_or_none, flops_per_token, matmul_params, peak_flops, truncate_metrics
 from .optim import build_optimizer, checkpoint_activations
+from .extend import set_aside_decay
 from .progress import Progress
 from .resume import RunPlan, plan_run
-from .schedule import schedule_state
+from .schedule import decay_start, schedule_state
 from .signals import stop_signals
 from .state import RunState, Session
 from .step import StepOutcome, train_step
@@ -176,6 +177,7 @@ def _open_run_dir(plan: RunPlan, tokenizer, start_step: int, log: Callable[[str]
     run_dir, resume_from = plan.run_dir, plan.checkpoint
     metrics_path = run_dir / "metrics.jsonl"
     run_dir.mkdir(parents=True, exist_ok=True)
+    set_aside_decay(run_dir, plan.set_aside, log)
     plan.cfg.to_yaml(run_dir / "config.yaml")
     tokenizer.save(run_dir / "tokenizer.json")
     if resume_from is not None and resume_from.parent.parent.resolve() == run_dir.resolve():
@@ -210,7 +212,8 @@ def after_step(s: Session, o: StepOutcome) -> str | None:
     # 4. save, 5. stop. A run that ends by max_steps / max_minutes validates in finish() and then
     # saves, so its last checkpoint holds its final validation.
     stop = "signal" if o.signal else "max_minutes" if o.out_of_time else "max_steps" if st.step >= tc.max_steps else None
-    if tc.ckpt_every and st.step % tc.ckpt_every == 0 and stop in (None, "signal"):
+    periodic = tc.ckpt_every and st.step % tc.ckpt_every == 0
+    if (periodic or st.step == decay_start(tc)) and stop in (None, "signal"):  # wsd: a checkpoint to extend from
         save(s)
     return stop
 
@@ -266,7 +269,17 @@ def save(s: Session) -> None:
     s.last_ckpt = ckpt_io.save_checkpoint(s.run_dir, st.step, model=s.model, optimizer=s.optimizer,
                                           trainer_state=st.to_dict(schedule_state(st.step, s.tc)), cfg=s.cfg,
                                           tokenizer=s.tokenizer, keep_last=s.tc.keep_last, rng=rng,
-                                          log=s.progress.say, full_state=full)
+                                          log=s.progress.say, full_state=full, keep=_pre_decay(s))
+
+
+def _pre_decay(s: Session) -> Callable[[int], bool] | None:
+    """For a wsd run, pruning spares the newest checkpoint at or before the decay's start: the
+    one an extension continues from."""
+    start = decay_start(s.tc)
+    if start is None:
+        return None
+    before = [x for x in ckpt_io.committed_steps(s.run_dir) + [s.state.step] if x <= start]
+    return (lambda step: step == max(before)) if before else None
 
 
 # ---- finish ------------------------------------------------------------------------------------
