@@ -355,3 +355,57 @@ def test_a_non_finite_validation_is_logged_as_null_and_the_run_still_checkpoints
     assert vals[1]["val_loss"] is not None and math.isfinite(vals[1]["val_loss"])
     state = json.loads((out / "checkpoints" / "step-5" / "trainer_state.json").read_text())
     assert state["last_val"]["val_loss"] is None and state["best_val_loss"] is None
+
+
+# ---- messages -------------------------------------------------------------------------------------
+
+
+def _cli(*argv) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from arlm.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_without_a_terminal_progress_is_plain_periodic_lines(tmp_path, corpus, capsys):
+    said = []
+    train(tiny_cfg(corpus, max_steps=20, progress=True), tmp_path / "run", progress=True, log=said.append)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "it/s" not in err and "step/s" not in err  # no tqdm redraws in a log file
+    steps = [m.split(" |")[0] for m in said if m.startswith("step ") and "/20 |" in m]
+    assert steps == [f"step {n}/20" for n in range(2, 21, 2)]  # every tenth of the run
+
+
+def test_a_max_minutes_stop_says_how_to_continue(tmp_path, corpus):
+    out = tmp_path / "my run"
+    rc, stdout, err = _cli("train", "--preset", "tiny", "--data", corpus, "--out", out, "--no-progress",
+                           "--max-steps", "10000", "--train.max_minutes", "1e-5", "--train.eval_batches", "1")
+    assert rc == 0, err
+    assert "(max minutes)" in stdout and "train.max_minutes=1e-05 reached at step" in stdout
+    assert f"continue with: arlm train --out '{out}' --resume auto" in err
+    step = int(stdout.split("finished: step ")[1].split()[0])
+    assert f"validation: val_loss " in stdout and f" at step {step} (nats/token)" in stdout
+
+
+def test_the_summary_names_the_step_of_a_stale_validation(tmp_path, corpus, monkeypatch, capsys):
+    from arlm.cli.train import _print_summary
+    from arlm.data import ChunkSampler
+
+    orig = ChunkSampler.next_batch
+
+    def next_batch(self):
+        batch = orig(self)
+        if self.batches == 6:
+            signal.raise_signal(signal.SIGTERM)
+        return batch
+
+    monkeypatch.setattr(ChunkSampler, "next_batch", next_batch)
+    res = train(tiny_cfg(corpus, max_steps=50, eval_every=4), tmp_path / "run", log=lambda m: None)
+    assert res.stopped_by == "signal" and res.step == 6 and res.val_step == 4
+    _print_summary(res)
+    assert f"validation: val_loss {res.val_loss:.4f} at step 4 (nats/token)" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 from pathlib import Path
 
@@ -180,16 +181,20 @@ def _metavar(annotation: str) -> str:
 def _print_summary(result) -> None:
     val = "n/a (no validation ran)"
     if getattr(result, "val_loss", None) is not None:
+        at = getattr(result, "val_step", None)
+        at = f" at step {at}" if at is not None else ""
         bpb = f", {result.val_bpb:.4f} bits per byte" if getattr(result, "val_bpb", None) is not None else ""
-        val = f"{result.val_loss:.4f} nats/token{bpb}"
+        val = f"val_loss {result.val_loss:.4f}{at} (nats/token){bpb}"
     out(f"finished: step {result.step} ({result.stopped_by.replace('_', ' ')}) in {result.seconds:.1f} s")
-    out(f"validation loss: {val}")
+    out(f"validation: {val}")
     tps = getattr(result, "tokens_per_sec", None)
     if tps:
         out(f"throughput: {tps:,.0f} tokens/s")
     out(f"run directory: {result.run_dir}")
-    if result.stopped_by == "signal":
-        note(f"stopped early; continue with: arlm train --out {result.run_dir} --resume auto")
+    if result.stopped_by in ("signal", "max_minutes"):
+        why = ("train.max_minutes ran out before train.max_steps" if result.stopped_by == "max_minutes"
+               else "stopped early")
+        note(f"{why}; continue with: arlm train --out {shlex.quote(str(result.run_dir))} --resume auto")
 
 
 def _signal_status(result) -> int:

@@ -61,6 +61,7 @@ class TrainResult:
     signal: int | None = None  # the signal number when stopped_by == "signal"
     skipped_steps: int = 0
     checkpoint: Path | None = None
+    val_step: int | None = None  # the step val_loss was measured at (earlier than ``step`` after a signal)
 
 
 def _sample(model, tokenizer, cfg: RunConfig, device: torch.device, bf16: bool) -> str:
@@ -295,6 +296,9 @@ def finish(s: Session, stop: str) -> None:
         if s.last_saved != st.step:
             save(s)
         return
+    if stop == "max_minutes":
+        s.progress.say(f"train.max_minutes={tc.max_minutes:g} reached at step {st.step} of {tc.max_steps}: "
+                       "validating, saving a checkpoint and stopping")
     if s.every_rank and (st.last_val is None or st.last_val.get("step") != st.step):
         run_eval(s)
     if s.last_saved != st.step:
@@ -350,7 +354,7 @@ def _result(state: RunState, run_dir: Path, stopped_by: str, sig: int | None, ck
     last = state.last_val or {}
     return TrainResult(step=state.step, val_loss=last.get("val_loss"), val_bpb=last.get("val_bpb"), seconds=seconds,
                        tokens_per_sec=tok_s, run_dir=run_dir, stopped_by=stopped_by, signal=sig,
-                       skipped_steps=state.skipped_steps, checkpoint=ckpt)
+                       skipped_steps=state.skipped_steps, checkpoint=ckpt, val_step=last.get("step"))
 
 
 class _NullWriter:
