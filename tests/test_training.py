@@ -389,7 +389,7 @@ def test_a_max_minutes_stop_says_how_to_continue(tmp_path, corpus):
     assert "(max minutes)" in stdout and "train.max_minutes=1e-05 reached at step" in stdout
     assert f"continue with: arlm train --out '{out}' --resume auto" in err
     step = int(stdout.split("finished: step ")[1].split()[0])
-    assert f"validation: val_loss " in stdout and f" at step {step} (nats/token)" in stdout
+    assert "validation: val_loss " in stdout and f" at step {step} (nats/token)" in stdout
 
 
 def test_the_summary_names_the_step_of_a_stale_validation(tmp_path, corpus, monkeypatch, capsys):
