@@ -24,6 +24,7 @@ DECAY_SHAPES = ("linear", "1-sqrt")
 OPTIMIZERS = ("adamw", "adam", "muon")
 PRECISIONS = ("auto", "fp32", "bf16")
 DISTRIBUTED = ("ddp", "fsdp")
+TRACKERS = ("tensorboard", "wandb")  # train.tracker: "none" or a comma list of these
 
 
 @dataclass
@@ -86,6 +87,8 @@ class TrainConfig:
     # under torchrun: ddp (every rank holds the model) | fsdp (parameters, gradients and optimizer state sharded)
     distributed: str = "ddp"
     progress: bool = True
+    # where metrics go besides RUN/metrics.jsonl: none | a comma list of tensorboard, wandb
+    tracker: str = "none"
 
     def validate(self) -> None:
         _finite_and_in_range(self)
@@ -125,6 +128,7 @@ class TrainConfig:
                               f"got {self.loss_chunk!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"train.max_minutes must be > 0 or null, got {self.max_minutes}")
+        tracker_names(self.tracker)
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
@@ -200,6 +204,21 @@ class RunConfig:
             raise ConfigError(f"unknown config key {dotted!r}; allowed: {', '.join(all_keys())}")
         f = next(f for f in fields(obj) if f.name == name)
         setattr(obj, name, _coerce(dotted, f.type, value))
+
+
+def tracker_names(value: str) -> tuple[str, ...]:
+    """The trackers ``train.tracker`` names: () for "none", else its comma list, each once."""
+    if not isinstance(value, str):
+        raise ConfigError(f"train.tracker must be a string, got {value!r}")
+    names = tuple(n.strip() for n in value.split(","))
+    if names == ("none",):
+        return ()
+    bad = [n for n in names if n not in TRACKERS]
+    if bad or len(set(names)) != len(names):
+        what = f"unknown tracker(s) {', '.join(map(repr, bad))}" if bad else "a tracker named twice"
+        raise ConfigError(f"train.tracker={value!r}: {what}; allowed: none, or a comma list of "
+                          f"{', '.join(TRACKERS)} (e.g. tensorboard,wandb)")
+    return names
 
 
 def all_keys() -> list[str]:

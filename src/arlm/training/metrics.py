@@ -70,18 +70,24 @@ def finite_or_none(x: float | None) -> float | None:
 
 
 class MetricsWriter:
-    """Appends JSON lines to RUN/metrics.jsonl, flushed after each line."""
+    """Appends JSON lines to RUN/metrics.jsonl, flushed after each line, and hands every record to
+    ``trackers`` too (objects with ``write(record)`` and ``close()``: TensorBoard, W&B)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, trackers=()):
         self.path = Path(path)
+        self.trackers = list(trackers)
         self._f = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
         self._f.write(json.dumps(record, allow_nan=False) + "\n")
         self._f.flush()
+        for tracker in self.trackers:
+            tracker.write(record)
 
     def close(self) -> None:
         self._f.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -22,6 +22,7 @@ RESUMABLE_CHANGES = (
     "train.sample_every", "train.sample_tokens", "train.sample_prompt", "train.ckpt_every",
     "train.keep_last", "train.device", "train.precision", "train.compile", "train.progress",
     "train.activation_checkpointing", "train.loss_chunk", "train.distributed",
+    "train.tracker",
 )
 # Derived from the tokenizer, so whatever the new config says is ignored on resume.
 DERIVED_KEYS = ("model.vocab_size",)

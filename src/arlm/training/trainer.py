@@ -37,6 +37,7 @@ from .schedule import decay_start, schedule_state
 from .signals import stop_signals
 from .state import RunState, Session
 from .step import StepOutcome, train_step
+from .trackers import check_trackers, open_trackers
 
 # A run stops with NonFiniteLossError after this many optimizer steps in a row were skipped
 # because the loss or the gradient norm was NaN/inf.
@@ -185,7 +186,7 @@ def _open_run_dir(plan: RunPlan, tokenizer, start_step: int, log: Callable[[str]
         dropped = truncate_metrics(metrics_path, start_step)
         if dropped:
             log(f"metrics.jsonl: dropped {dropped} line(s) after step {start_step}; they are recomputed now")
-    return MetricsWriter(metrics_path)
+    return MetricsWriter(metrics_path, open_trackers(plan.cfg, run_dir, start_step))
 
 
 # ---- after a step: log, evaluate, sample, save, stop (in this order) ---------------------------
@@ -369,6 +370,7 @@ class _NullWriter:
 
 def _check_train_cfg(cfg: RunConfig) -> None:
     """Trainer-specific checks on top of ``cfg.validate()``."""
+    check_trackers(cfg)  # a missing extra is refused before any work
     if cfg.train.keep_last < MIN_KEEP_LAST:
         raise ConfigError(
             f"train.keep_last={cfg.train.keep_last}: keep at least {MIN_KEEP_LAST} checkpoints, so a corrupt "
