@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Callable
 
-from . import convert, evaluate, generate, prepare, presets, train
+from . import convert, evaluate, generate, plot, prepare, presets, train
 from .common import Parser, UsageError, description, summary
 
 PROG = "arlm"
@@ -28,6 +28,7 @@ def _verbs() -> dict[str, tuple[Callable, Callable]]:
         "config": (train.config, lambda p: train.add_config_arguments(p, for_training=False)),
         "convert": (convert.convert, convert.add_arguments),
         "prepare": (prepare.prepare, prepare.add_arguments),
+        "plot": (plot.plot, plot.add_arguments),
     }
 
 
