@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import difflib
 import inspect
+import re
 import sys
 from typing import Callable, NoReturn
+
+
+NEGATIVE_NUMBER = re.compile(r"^-(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
 
 
 class UsageError(Exception):
@@ -25,6 +29,10 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
         self.verb = verb
+        # a value after a flag may be any number, `--train.lr -1e-3` or `--model.rotary_base -inf` too
+        # (argparse's own pattern knows only -1 and -.5, so the rest read as unknown flags); the
+        # value's check then says what is allowed
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message, self.verb)

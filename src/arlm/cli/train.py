@@ -8,9 +8,8 @@ import shlex
 import signal
 from pathlib import Path
 
-import yaml
-
 from arlm.config import PRESETS, TOKENIZERS, ConfigError, RunConfig, all_keys, field_types, preset
+from arlm.config.yaml_text import read_yaml_file
 
 from .common import note, out, suggest
 
@@ -154,13 +153,7 @@ def unknown_flag_message(extras: list[str]) -> str:
 
 def _layer_file(cfg: RunConfig, path: str) -> None:
     """Apply the keys a YAML file names on top of ``cfg`` (unnamed keys keep their values)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {path!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from None
+    data = read_yaml_file(path)  # a folder, a device, bad YAML or a duplicate key: a message naming the file
     RunConfig.from_dict(data)  # checks sections, keys and types, naming what is wrong
     for section, values in (data or {}).items():
         for key, value in (values or {}).items():

@@ -46,11 +46,11 @@ def _coerce(key: str, annotation: str, value: Any) -> Any:
                 raise ValueError
             return value
         if base.startswith(("dict", "list", "tuple")) and isinstance(value, str):
-            import yaml  # a mapping or list given on the command line, e.g. '{ff_mult: [4, 2]}'
+            from .yaml_text import load_yaml_text  # a mapping or list on the command line, e.g. '{ff_mult: [4, 2]}'
 
             try:
-                return yaml.safe_load(value)
-            except yaml.YAMLError:
+                return load_yaml_text(value, key)
+            except ConfigError:
                 raise ValueError from None
     except (TypeError, ValueError):
         raise ConfigError(f"{key} must be of type {base}, got {value!r}") from None

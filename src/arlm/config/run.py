@@ -17,6 +17,7 @@ import yaml
 
 from .checks import ConfigError, _choice, _coerce, _finite_and_in_range, _positive
 from .model import ModelConfig
+from .yaml_text import load_yaml_text, read_yaml_file
 
 TOKENIZERS = ("byte", "bpe")
 SCHEDULES = ("cosine", "constant", "wsd")
@@ -184,16 +185,7 @@ class RunConfig:
     def from_yaml(cls, source: str | Path) -> "RunConfig":
         """Load from a YAML file path or a YAML string (safe_load: never executes code)."""
         p = Path(source) if not (isinstance(source, str) and "\n" in source) else None
-        if p is not None:
-            if not p.is_file():
-                raise ConfigError(f"config file {str(p)!r} does not exist")
-            text = p.read_text()
-        else:
-            text = str(source)
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config is not valid YAML: {e}") from None
+        data = read_yaml_file(p) if p is not None else load_yaml_text(str(source))
         return cls.from_dict(data)
 
     def override(self, dotted: str, value: Any) -> None:

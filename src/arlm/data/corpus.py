@@ -78,6 +78,11 @@ def load_corpus(path: str | os.PathLike | None = None) -> bytes:
         data = b"\n".join(_read_file(f) for f in files)
     elif where.is_file():
         data = _read_file(where)
+    elif where.exists():  # /dev/null, a pipe, a socket: nothing to train on, and not "missing" either
+        raise DataError(
+            f"corpus {where} is not a regular file or folder (a device, pipe or socket); give a text "
+            "file, a .gz, a folder of text files, or 'default' for the built-in corpus"
+        )
     else:
         raise DataError(
             f"corpus {where} does not exist; give a text file, a folder of text files, "

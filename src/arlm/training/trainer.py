@@ -103,6 +103,12 @@ def _prepare(cfg: RunConfig | None, out_dir, resume, log: Callable[[str], None],
     # the one place the trainer opens its data: raw text (tokenized now) or prepared shards (memory-mapped)
     splits: TokenSplits = open_training_data(cfg.data, cfg.seq_len, tokenizer=saved_tokenizer)
     tokenizer, corpus_id = splits.tokenizer, splits.corpus_id
+    if saved_tokenizer is None and tokenizer.kind == "bpe" and tokenizer.vocab_size < cfg.data.bpe_vocab_size:
+        log(f"note: data.bpe_vocab_size={cfg.data.bpe_vocab_size}, but the corpus ran out of pairs to merge "
+            f"at {tokenizer.vocab_size} tokens; the tokenizer and model.vocab_size use {tokenizer.vocab_size}")
+    if cfg.model.vocab_size != tokenizer.vocab_size:  # the model's vocabulary is the tokenizer's, said aloud
+        log(f"note: model.vocab_size={cfg.model.vocab_size} is set to {tokenizer.vocab_size}, the size of the "
+            f"{tokenizer.kind} tokenizer's vocabulary (the model always has one row per token id)")
     cfg.model.vocab_size = tokenizer.vocab_size
     if not tokenizer.encode(tc.sample_prompt):
         raise ConfigError("train.sample_prompt encodes to no tokens; give at least one character (default '\\n')")
