@@ -106,6 +106,46 @@ def test_any_single_value_either_validates_and_round_trips_or_raises_config_erro
     assert RunConfig.from_yaml(cfg.to_yaml()) == cfg
 
 
+def test_yaml_duplicate_keys_folders_and_devices_are_named(tmp_path, capsys):
+    from arlm.cli.main import main
+
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("train:\n  lr: 1.0e-3\n  batch_size: 4\n  lr: 3.0e-3\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml.*duplicate key 'lr' \(lines 2 and 4\)"):
+        RunConfig.from_yaml(dup)
+    with pytest.raises(ConfigError, match="duplicate key 'model'"):
+        RunConfig.from_yaml("model: {dim: 64}\nmodel: {dim: 32}\n")
+    with pytest.raises(ConfigError, match="is a folder, not a YAML file"):
+        RunConfig.from_yaml(tmp_path)
+    cases = [(str(dup), "duplicate key 'lr'"), (str(tmp_path), "is a folder, not a YAML file"),
+             ("/dev/null", "not a regular file"), (str(tmp_path / "none.yaml"), "does not exist")]
+    for path, fragment in cases:
+        assert main(["config", "--preset", "tiny", "--config", path]) == 2
+        err = capsys.readouterr().err
+        assert fragment in err and path in err, err
+    # a '{...}' override on the command line is parsed the same strict way
+    with pytest.raises(ConfigError, match="model.per_layer must be of type dict"):
+        RunConfig().override("model.per_layer", "{ff_mult: [4, 2], ff_mult: [1, 1]}")
+
+
+@pytest.mark.parametrize("flag, value, key, want", [
+    ("--train.lr", "-1e-3", "lr", "train.lr must be a finite number >= 0, got -0.001"),
+    ("--train.weight_decay", "-.5", "weight_decay", "train.weight_decay must be a finite number >= 0, got -0.5"),
+    ("--model.rotary_base", "-inf", "rotary_base", "model.rotary_base must be a finite number, got -inf"),
+    ("--train.warmup_steps", "-3", "warmup_steps", "train.warmup_steps must be >= 0"),
+])
+def test_a_negative_number_after_a_flag_is_its_value(flag, value, key, want, capsys):
+    """argparse alone reads -1e-3 or -inf as an unknown flag ("expected one argument")."""
+    from arlm.cli.main import main
+
+    assert main(["config", "--preset", "tiny", flag, value]) == 2
+    assert want in capsys.readouterr().err
+    # and a field that may be negative takes it
+    assert main(["config", "--preset", "tiny", "--model.mv_split_residual", "true", "--model.mv_split_init_alpha",
+                 "-2.5e-1"]) == 0
+    assert "mv_split_init_alpha: -0.25" in capsys.readouterr().out
+
+
 def test_derived_fields_are_computed_in_one_place():
     m = ModelConfig(dim=96, heads=3, kv_heads=1, vocab_size=300, vocab_pad_multiple=64)
     assert m.head_dim == 32 and m.n_kv_heads == 1 and m.padded_vocab == 320

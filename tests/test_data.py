@@ -75,6 +75,8 @@ def test_missing_empty_and_broken_corpora_name_the_path(tmp_path):
     (tmp_path / "only_binary" / "x.bin").write_bytes(b"\x00")
     with pytest.raises(DataError, match="only_binary.*empty"):
         load_corpus(tmp_path / "only_binary")
+    with pytest.raises(DataError, match="/dev/null is not a regular file or folder"):
+        load_corpus("/dev/null")  # exists, so "does not exist" would mislead
 
 
 # ---- splits ---------------------------------------------------------------------------------

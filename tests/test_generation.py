@@ -396,6 +396,36 @@ def test_invalid_lengths_and_ids_raise(model):
         model.generate(p, 5, draft_model=model, num_draft_tokens=0)
 
 
+@pytest.mark.parametrize("prompt", [torch.tensor([1.7, 2.2]), torch.tensor([True, False]), [[1.5, 2.0]],
+                                    [torch.tensor([True])]], ids=["float", "bool", "float-list", "bool-list"])
+def test_float_and_bool_prompts_are_refused_not_truncated(model, prompt):
+    with pytest.raises(ValueError, match="integer token ids"):
+        model.generate(prompt, 3)
+    with pytest.raises(ValueError, match="integer token ids"):
+        model(torch.tensor([[0.5] * 9]))  # the training forward too
+
+
+def test_numpy_integer_seq_len_is_an_integer(model):
+    import numpy as np
+
+    p = prompts_of([3])[0]
+    want = model.generate(p, 4, temperature=0.0)
+    for n in (np.int64(4), np.int32(4)):
+        assert torch.equal(model.generate(p, n, temperature=0.0), want)
+    assert model.beam_search(p, np.int64(4), beams=2).shape[-1] == 4
+
+
+def test_forward_longer_than_the_context_is_a_value_error(model):
+    net = model.net
+    x = torch.zeros(1, 49, dtype=torch.long)  # max_seq_len 48
+    for call in (lambda: net(x), lambda: net(x, return_intermediates=True), lambda: net(x, mask=torch.ones_like(x) > 0)):
+        with pytest.raises(ValueError, match="49 tokens, more than the model context max_seq_len=48"):
+            call()
+    with pytest.raises(ValueError, match="integer token ids"):
+        net(x.float())
+    assert net(x[:, :48]).shape == (1, 48, 64)
+
+
 def test_compiled_decode_equals_eager_and_compiles_once():
     # one compile for the one-token step; later calls (other prompt lengths) reuse it
     torch._dynamo.reset()

@@ -38,10 +38,23 @@ def check_penalties(repetition_penalty: float, presence_penalty: float, frequenc
 
 
 def check_token_ids(ids: torch.Tensor, vocab_size: int, what: str = "prompt") -> None:
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise ValueError(f"{what} must hold integer token ids, got dtype {ids.dtype} (floats and booleans are "
+                         "not truncated to ids)")
     if ids.numel():
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= vocab_size:
             raise ValueError(f"{what} contains token id {lo if lo < 0 else hi}, outside the vocabulary [0, {vocab_size})")
+
+
+def as_token_ids(prompt, what: str = "prompt") -> torch.Tensor:
+    """One prompt (a list, numpy array or tensor of integer ids) as a long tensor; floats and
+    booleans are an error rather than ids."""
+    t = torch.as_tensor(prompt)
+    if t.numel() == 0:  # [] reads as float32
+        t = t.long()
+    check_token_ids(t, 2**63 - 1, what)
+    return t.long()
 
 
 def left_pad(prompts: list[torch.Tensor], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:

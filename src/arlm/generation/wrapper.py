@@ -10,7 +10,7 @@ from torch import nn
 
 from .beam import beam_search as _beam_search
 from .contrastive import contrastive_hook
-from .decode import check_token_ids, left_pad, stream_tokens
+from .decode import as_token_ids, check_token_ids, left_pad, stream_tokens
 from .filters import identity, top_k
 from .sampling import SamplingConfig, SamplingError
 from .speculative import speculative_tokens
@@ -122,7 +122,7 @@ class AutoregressiveWrapper(nn.Module):
         if isinstance(prompts, (list, tuple)):
             if prompt_lens is not None:
                 raise ValueError("prompt_lens is derived from a list of prompts; give one or the other")
-            ids, start = left_pad([torch.as_tensor(p, dtype=torch.long) for p in prompts], self.pad_value)
+            ids, start = left_pad([as_token_ids(p) for p in prompts], self.pad_value)
         else:
             if not torch.is_tensor(prompts):
                 raise ValueError(f"prompts must be a tensor or a list of 1-D tensors, got {type(prompts).__name__}")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from .facade_forward import check_keywords, is_native, xt_forward
+from .facade_forward import check_input, check_keywords, is_native, xt_forward
 from .facade_keywords import (_DECODER_KWARGS, _WRAPPER_KWARGS, _attn_proj_fields, _attn_score_fields, _check_kwargs, _ff_fields, _norm_fields,
                               _position_fields, _residual_fields, _stream_fields)
 from .intermediates import LayerIntermediates, qk_clip_
@@ -157,6 +157,7 @@ class TransformerWrapper(Transformer):
         ``sum_embeds``, ``seq_start_pos``, ``cache`` / ``return_intermediates`` for step-by-step
         decoding, the ``return_*`` flags. arlm's own keywords (``input_pos``, a ``KVCache``,
         ``start``, ...) go straight to ``Transformer.forward``."""
+        check_input(self, x, kwargs)
         if is_native(args, kwargs):
             return super().forward(x, **kwargs)
         if args:

@@ -76,6 +76,19 @@ def check_keywords(kwargs: dict) -> dict:
     return out
 
 
+def check_input(model, x, kwargs: dict) -> None:
+    """Integer token ids that fit the context, checked before any work: past ``max_seq_len`` the
+    position tables end (an IndexError deep inside), and float or bool ids would be truncated."""
+    if not torch.is_tensor(x):
+        return
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise ValueError(f"x must hold integer token ids, got dtype {x.dtype}")
+    S = model.cfg.max_seq_len
+    if x.dim() == 2 and kwargs.get("cache") is None and kwargs.get("input_pos") is None and x.shape[1] > S:
+        raise ValueError(f"x has {x.shape[1]} tokens, more than the model context max_seq_len={S}; give at most "
+                         f"{S} tokens per forward (generate slides a window over longer sequences)")
+
+
 def _new_part(t: torch.Tensor | None, what: str, full: int, new: int, inc: bool) -> torch.Tensor | None:
     """The new tokens' part of a per-token input that covers x (B, N, ...) (or, with
     input_not_include_cache, only the new tokens)."""
