@@ -1,6 +1,7 @@
 """Config: YAML round trips, presets, overrides, validation errors that name the field."""
 
 import dataclasses
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -144,6 +145,37 @@ def test_a_negative_number_after_a_flag_is_its_value(flag, value, key, want, cap
     assert main(["config", "--preset", "tiny", "--model.mv_split_residual", "true", "--model.mv_split_init_alpha",
                  "-2.5e-1"]) == 0
     assert "mv_split_init_alpha: -0.25" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["100000000", "2e9"])
+def test_impossible_sizes_are_refused_before_any_work(value, monkeypatch, capsys):
+    """A context of 1e8 or 2e9 positions: the position tables or one batch's activations cannot
+    fit (here: a 16 GiB machine), so validation says so, naming the field, the estimate and the
+    limit, instead of a process killed for memory at the end-of-run sample."""
+    from arlm.cli.main import main
+    from arlm.config import memory
+
+    monkeypatch.setattr(memory, "physical_memory", lambda: 16 * 2**30)
+    monkeypatch.setattr(memory, "accelerator_memory", lambda: 0)
+    assert main(["config", "--preset", "default", "--model.max_seq_len", value]) == 2
+    err = capsys.readouterr().err
+    assert f"model.max_seq_len={int(float(value))}" in err and "more than this machine's 16.0 GiB" in err
+    assert re.search(r"needs at least [\d,.]+ GiB", err), err
+    # the model alone (the Python API): its tables are what cannot fit
+    with pytest.raises(ConfigError, match=r"model.max_seq_len=2000000000.*the rotary table: 119.2 GiB"):
+        ModelConfig(max_seq_len=2_000_000_000, pos_emb="rotary", dim=32, heads=2).validate()
+    assert main(["config", "--preset", "gpt2-small"]) == 0  # the largest preset fits in 16 GiB
+
+
+@pytest.mark.parametrize("key, value", [("model.vocab_size", 10**12), ("model.dim", 10**7),
+                                        ("train.batch_size", 10**12), ("train.sample_tokens", 10**15),
+                                        ("model.embed_num_tokens", {"extra": 10**13})])
+def test_sizes_no_machine_has_are_a_config_error_naming_the_field(key, value):
+    cfg = preset("tiny")
+    section, name = key.split(".")
+    setattr(getattr(cfg, section), name, value)
+    with pytest.raises(ConfigError, match=re.escape(key) + ".*more than this machine's"):
+        cfg.validate()
 
 
 def test_derived_fields_are_computed_in_one_place():

@@ -59,11 +59,38 @@ def test_cache_equals_no_cache_including_sliding_window_start(model):
     assert torch.equal(a, b)  # 45 tokens fit the 48-token context: both paths exact
 
 
-def test_decoding_past_context_keeps_going(model):
+def greedy_by_hand(net, prompt, n, window, amateur=None, beta=0.5):
+    """Greedy decoding recomputed from scratch at every step with full forwards: ``window(total,
+    offset) -> offset`` says where the model's view starts (positions restart at 0 there)."""
+    hist, offset = prompt.tolist(), 0
+    for _ in range(n):
+        offset = window(len(hist), offset)
+        x = torch.tensor([hist[offset:]])
+        logits = net(x)[:, -1]
+        if amateur is not None:
+            logits = contrastive_logits(logits, amateur(x)[:, -1], alpha=0.1, beta=beta)
+        hist.append(int(logits.argmax()))
+    return torch.tensor(hist[len(prompt):])
+
+
+@pytest.mark.parametrize("cache_kv", [True, False])
+def test_decoding_past_context_slides_the_window(model, cache_kv):
+    """150 tokens from a 48-token context: the cached path re-prefills the last 24 tokens when the
+    window is full (3 slides here), the uncached one keeps the last 48; both equal full forwards."""
+    S = 48
     p = prompts_of([5])[0]
-    out = model.generate(p, 150, temperature=1.0, generator=torch.Generator().manual_seed(0))
-    assert out.shape == (150,)
-    assert int(out.min()) >= 0 and int(out.max()) < 64
+    if cache_kv:
+        window = lambda total, off: total - S // 2 if total - off > S else off  # noqa: E731
+    else:
+        window = lambda total, off: max(0, total - S)  # noqa: E731
+    want = greedy_by_hand(model.net, p, 150, window)
+    got = model.generate(p, 150, temperature=0.0, cache_kv=cache_kv)
+    assert torch.equal(got, want)
+    # the slide matters: keeping the whole history from position 0 is impossible past 48 tokens,
+    # and the two ways of sliding give different continuations
+    other = greedy_by_hand(model.net, p, 150, lambda total, off: max(0, total - S) if cache_kv
+                           else (total - S // 2 if total - off > S else off))
+    assert torch.equal(got[:S - 5], other[:S - 5]) and not torch.equal(got, other)
 
 
 def test_per_row_eos_pads_and_stops(model):
@@ -265,11 +292,18 @@ def test_beam_length_normalisation_and_eos(model):
         assert math.isclose(_seq_logprob(model, p, seqs[k, :n]) / n, float(scores[k]), rel_tol=1e-4, abs_tol=1e-4)
 
 
-def test_stochastic_beam_search_seeded(model):
+def test_stochastic_beam_search_samples_and_is_seeded(model):
+    """Sampled beams depend on the seed (plain beams never do) and repeat for one seed."""
     p = prompts_of([4])[0]
-    a = model.beam_search(p, 8, beams=3, stochastic=True, generator=torch.Generator().manual_seed(1))
-    b = model.beam_search(p, 8, beams=3, stochastic=True, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a, b)
+
+    def beams(seed, stochastic):
+        return model.beam_search(p, 8, beams=3, stochastic=stochastic, temperature=4.0 if stochastic else 1.0,
+                                 generator=torch.Generator().manual_seed(seed))
+
+    sampled = {tuple(beams(s, True).tolist()) for s in range(6)}
+    plain = {tuple(beams(s, False).tolist()) for s in range(6)}
+    assert len(plain) == 1 and len(sampled) > 1
+    assert torch.equal(beams(1, True), beams(1, True))
 
 
 # ---------------------------------------------------------------- contrastive and speculative
@@ -283,17 +317,60 @@ def test_contrastive_logits_formula():
     assert math.isclose(float(out[0, 0]), 1.5 * 3.0 - 0.5 * 3.0)
 
 
-def test_contrastive_generate_uses_amateur(model):
+@pytest.mark.parametrize("cache_kv", [True, False])
+def test_contrastive_generate_uses_amateur(model, cache_kv):
+    """Greedy contrastive decoding is the argmax of the contrastive logits of both models' full
+    forwards at every step, and differs from the expert alone."""
     amateur = make(dim=16, depth=1, seed=3)
+    amateur.net.head.weight.data.mul_(5)  # a confident amateur, so subtracting it matters
     p = prompts_of([5])[0]
     plain = model.generate(p, 20, temperature=0.0)
-    con = model.generate(p, 20, temperature=0.0, amateur_model=amateur,
+    con = model.generate(p, 20, temperature=0.0, amateur_model=amateur, cache_kv=cache_kv,
                          contrastive_decode_kwargs=dict(alpha=0.1, beta=0.5))
-    assert con.shape == plain.shape
+    want = greedy_by_hand(model.net, p, 20, lambda total, off: 0, amateur=amateur.net, beta=0.5)
+    assert torch.equal(con, want)
+    assert not torch.equal(con, plain)
     # beta = 0 is the expert alone (restricted to its plausible set, which contains the argmax)
     same = model.generate(p, 20, temperature=0.0, amateur_model=amateur,
                           contrastive_decode_kwargs=dict(alpha=0.1, beta=0.0))
     assert torch.equal(same, plain)
+
+
+def test_amateur_or_draft_with_another_vocabulary_is_refused_up_front(model):
+    p = prompts_of([5])[0]
+    other = make(dim=16, depth=1, vocab=65)
+    with pytest.raises(ValueError, match="amateur_model has a vocabulary of 65 ids"):
+        model.generate(p, 5, amateur_model=other)
+    with pytest.raises(ValueError, match="draft_model has a vocabulary of 65 ids"):
+        model.generate(p, 5, draft_model=other)
+
+
+def test_caches_are_sized_to_the_request_not_the_context(monkeypatch):
+    """A model with a 4096-token context sampling 6 tokens after a 4-token prompt allocates 10
+    cache slots per model (plain, beams, contrastive, speculative), not 4096."""
+    from arlm.model import Transformer
+
+    big = make(seq=4096)
+    sizes = []
+    new_cache = Transformer.new_cache
+
+    def spy(self, batch, max_len=None, **kw):
+        sizes.append(max_len)
+        return new_cache(self, batch, max_len, **kw)
+
+    monkeypatch.setattr(Transformer, "new_cache", spy)
+    p = prompts_of([4])[0]
+    big.generate(p, 6, temperature=0.0)
+    big.beam_search(p, 6, beams=2)
+    big.generate(p, 6, temperature=0.0, amateur_model=make(dim=16, depth=1, seq=4096))
+    assert sizes == [10, 10, 10, 10]
+    sizes.clear()
+    big.generate(p, 6, temperature=0.0, draft_model=make(dim=16, depth=1, seq=4096), num_draft_tokens=2)
+    assert sizes == [4 + 6 + 2 + 1] * 2  # speculative: room for the drafts past the end
+    sizes.clear()
+    small = make(seq=8)
+    small.generate(p, 30, temperature=0.0)  # longer than the context: the window's 8 slots
+    assert sizes == [8]
 
 
 def test_speculative_greedy_equals_target_greedy(model):

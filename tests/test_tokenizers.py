@@ -202,3 +202,43 @@ def test_load_missing_or_corrupt_tokenizer_names_the_path(tmp_path):
     other.write_text(json.dumps({"model": {"type": "WordLevel", "vocab": {}}}))
     with pytest.raises(ValueError, match="wordlevel.json.*WordLevel"):
         load_tokenizer(other)
+
+
+# ---- vocabulary fingerprints ----------------------------------------------------------------
+
+
+def test_fingerprint_names_the_vocabulary_not_just_its_size(bpe, tmp_path):
+    small = BPETokenizer.train(SAMPLE, vocab_size=300)
+    other = BPETokenizer.train(SAMPLE[::-1], vocab_size=300)  # same size, other merges
+    assert other.vocab_size == small.vocab_size == 300 and other.fingerprint != small.fingerprint
+    assert load_tokenizer(bpe.save(tmp_path / "t.json")).fingerprint == bpe.fingerprint
+    assert BPETokenizer.train(SAMPLE, vocab_size=400).fingerprint == bpe.fingerprint  # deterministic
+    byte = ByteTokenizer()
+    assert load_tokenizer(byte.save(tmp_path / "b.json")).fingerprint == byte.fingerprint != bpe.fingerprint
+    # the fast id table and the per-id decoding agree
+    assert bpe.id_bytes() == [bpe.token_bytes([i]) for i in range(bpe.vocab_size)]
+
+
+def test_generate_refuses_a_draft_or_amateur_run_with_another_vocabulary(tmp_path, capsys):
+    """Two BPE runs with the same vocabulary size but different merges: generate used to accept
+    them as draft or amateur (it compared kind and size) and mixed unrelated tokens."""
+    from arlm.cli.main import main
+    from conftest import make_corpus
+
+    runs = []
+    for seed in (0, 1):
+        (tmp_path / f"c{seed}.txt").write_text(make_corpus(6000, seed=seed) + SAMPLE[:2000] * (1 + seed))
+        out = tmp_path / f"run{seed}"
+        assert main(["train", "--preset", "tiny", "--data", str(tmp_path / f"c{seed}.txt"), "--out", str(out),
+                     "--tokenizer", "bpe", "--data.bpe_vocab_size", "300", "--max-steps", "1", "--no-progress",
+                     "--train.eval_every", "0", "--train.sample_tokens", "1"]) == 0
+        runs.append(out)
+    capsys.readouterr()
+    toks = [load_tokenizer(r / "tokenizer.json") for r in runs]
+    assert toks[0].vocab_size == toks[1].vocab_size == 300 and toks[0].fingerprint != toks[1].fingerprint
+    for flag in ("--draft", "--amateur"):
+        assert main(["generate", str(runs[0]), "--prompt", "the", "--max-new-tokens", "3", flag, str(runs[1])]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} {runs[1]} uses a different vocabulary" in err and toks[1].fingerprint[:12] in err
+    assert main(["generate", str(runs[0]), "--prompt", "the", "--max-new-tokens", "3", "--temperature", "0",
+                 "--amateur", str(runs[0])]) == 0  # the same vocabulary is accepted

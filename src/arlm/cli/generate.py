@@ -62,9 +62,11 @@ def generate(args: argparse.Namespace) -> int:
         path = getattr(args, flag)
         if path is not None:
             other = load_run(path, device=args.device)
-            if other.tokenizer.vocab_size != tok.vocab_size or other.tokenizer.kind != tok.kind:
-                raise UsageError(f"--{flag} {path} uses a different tokenizer ({other.tokenizer.kind}, "
-                                 f"{other.tokenizer.vocab_size} ids) than {args.run} ({tok.kind}, {tok.vocab_size} ids)")
+            if other.tokenizer.fingerprint != tok.fingerprint:  # same size is not same vocabulary (BPE merges)
+                raise UsageError(f"--{flag} {path} uses a different vocabulary ({other.tokenizer.kind}, "
+                                 f"{other.tokenizer.vocab_size} ids, fingerprint {other.tokenizer.fingerprint[:12]}) "
+                                 f"than {args.run} ({tok.kind}, {tok.vocab_size} ids, fingerprint "
+                                 f"{tok.fingerprint[:12]}); both runs must share one tokenizer.json")
             extra[key] = other.model
     if args.draft is not None:
         extra["num_draft_tokens"] = args.num_draft_tokens

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .checks import ConfigError, _choice, _finite_and_in_range, _positive
+from .memory import check_memory, model_parts, values_of
 
 NORMS = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm", "dynamic_tanh", "derf")
 POS_EMBS = ("absolute", "rotary", "polar", "scaled_sinusoidal", "none")
@@ -140,6 +141,8 @@ class ModelChecks:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {v}")
         if self.init_std <= 0:
             raise ConfigError(f"model.init_std must be > 0, got {self.init_std}")
+        # last: the sizes are consistent now, so the estimate can read the layout
+        check_memory(model_parts(self), values_of(self, "model"))
 
     def _validate_layout(self) -> None:
         chosen = [n for n in ("layers", "par_ratio", "sandwich_coef") if getattr(self, n) is not None]

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .checks import ConfigError, _choice, _coerce, _finite_and_in_range, _positive
+from .memory import check_memory, run_parts, values_of
 from .model import ModelConfig
 from .yaml_text import load_yaml_text, read_yaml_file
 
@@ -156,6 +157,8 @@ class RunConfig:
                 f"data.seq_len={self.seq_len} is above model.max_seq_len={self.model.max_seq_len}; "
                 "training sequences must fit the model context"
             )
+        check_memory(run_parts(self), {**values_of(self.model, "model"), **values_of(self.data, "data"),
+                                       **values_of(self.train, "train")}, "training")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def beam_search(model, ids: torch.Tensor, start: torch.Tensor | None, seq_len: i
     hist = torch.full((rows, T + seq_len), pad_value, dtype=torch.long, device=dev)
     hist[:, :T] = ids.repeat_interleave(beams, dim=0)
     row_start = None if start is None else start.repeat_interleave(beams)
-    stepper = Stepper(model, rows, row_start, cache_kv)
+    stepper = Stepper(model, rows, row_start, cache_kv, need=T + seq_len)
     # only the first beam of each prompt is live at step 0, so the first expansion is not duplicated
     scores = torch.full((B, beams), float("-inf"), device=dev)
     scores[:, 0] = 0.0

@@ -132,10 +132,12 @@ class Stepper:
     (speculative decoding): slots past the cursor are masked, so nothing needs clearing.
     ``prepend`` (B, P, C): embeddings in front of every window (x-transformers' prepend_embeds);
     they take the first P cache slots, tokens keep absolute positions counted from 0.
+    ``need``: the most tokens ``hist`` will hold (prompt + new tokens); the eager cache is sized to
+    it when that is less than the context (a compiled step keeps one full-size cache per model).
     """
 
     def __init__(self, model, batch: int, start: torch.Tensor | None, cache_kv: bool = True, compile: bool = False,
-                 prepend: torch.Tensor | None = None):
+                 prepend: torch.Tensor | None = None, need: int | None = None):
         self.model, self.start, self.cache_kv = model, start, cache_kv
         self.prepend, self.P = prepend, 0 if prepend is None else prepend.shape[1]
         if prepend is not None and (start is not None or compile):
@@ -147,7 +149,10 @@ class Stepper:
                 raise ValueError("compile=True compiles the cached decode step; it needs cache_kv=True")
             self.cache, self.step_fn = compiled_step(model, batch)
         else:
-            self.cache = model.new_cache(batch, self.S) if cache_kv else None
+            # only the slots this request can reach: a 20-token sample from a model with a
+            # million-token context must not allocate the million
+            slots = self.S if need is None or prepend is not None else max(1, min(self.S, need))
+            self.cache = model.new_cache(batch, slots) if cache_kv else None
         p = model.token_emb.weight
         self.plain_fp32_cpu = p.device.type == "cpu" and p.dtype == torch.float32
         self.offset = 0  # hist index of cache slot 0 (moves when the window slides)
@@ -234,7 +239,7 @@ def stream_tokens(model, ids: torch.Tensor, start: torch.Tensor | None, max_new_
     hist[:, :T] = ids
     total = T
     finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
-    stepper = Stepper(model, B, start, cache_kv, compile, prepend)
+    stepper = Stepper(model, B, start, cache_kv, compile, prepend, need=T + max_new_tokens)
     penalise = repetition_penalty != 1.0 or presence_penalty != 0.0 or frequency_penalty != 0.0
     if penalise:
         V = model.cfg.vocab_size

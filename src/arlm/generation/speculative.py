@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import torch
 
 from .cpu_layout import decodes
+from .contrastive import check_same_vocabulary
 from .decode import Stepper, filtered_probs
 from .filters import identity
 
@@ -37,12 +38,11 @@ def speculative_tokens(model, draft_model, ids: torch.Tensor, start: torch.Tenso
         if need > m.cfg.max_seq_len:
             raise ValueError(f"speculative decoding needs prompt + new tokens + num_draft_tokens + 1 = {need} "
                              f"to fit the {name} context max_seq_len={m.cfg.max_seq_len} (no sliding window)")
-    if draft_model.cfg.vocab_size != model.cfg.vocab_size:
-        raise ValueError(f"draft_model vocabulary {draft_model.cfg.vocab_size} differs from the model's {model.cfg.vocab_size}")
+    check_same_vocabulary(model, draft_model, "draft_model")
     hist = torch.empty(B, need, dtype=torch.long, device=dev)
     hist[:, :T] = ids
     total = T
-    target, draft = Stepper(model, B, start), Stepper(draft_model, B, start)
+    target, draft = Stepper(model, B, start, need=need), Stepper(draft_model, B, start, need=need)
     greedy = temperature == 0
     proposed = accepted = 0
     rows = torch.arange(B, device=dev)

@@ -247,7 +247,8 @@ class AutoregressiveWrapper(nn.Module):
             hook = None
             if amateur_model is not None:
                 amateur = getattr(amateur_model, "net", amateur_model)
-                hook = contrastive_hook(amateur, ids.shape[0], start, cache_kv, **(contrastive_decode_kwargs or {}))
+                hook = contrastive_hook(amateur, ids.shape[0], start, cache_kv, expert=self.net,
+                                        **(contrastive_decode_kwargs or {}))
             yield from stream_tokens(self.net, ids, start, seq_len, temperature=temperature, filter_fn=filter_fn,
                                      eos_token=eos_token, pad_value=self.pad_value, cache_kv=cache_kv,
                                      generator=generator, logits_hook=hook, compile=compile, prepend=prepend_embeds,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import codecs
+import functools
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +81,21 @@ class BaseTokenizer:
     def decode(self, ids) -> str:
         """Text of ``ids``; bytes that are not valid UTF-8 become U+FFFD."""
         return self.token_bytes(ids).decode("utf-8", errors="replace")
+
+    def id_bytes(self) -> list[bytes]:
+        """The bytes each id stands for, in id order."""
+        return [self.token_bytes([i]) for i in range(self.vocab_size)]
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the vocabulary: every id's bytes, in id order. Two tokenizers with the same
+        fingerprint give every id the same meaning, so their models' logits compare id by id
+        (contrastive and speculative decoding); equal sizes alone do not say that."""
+        h = hashlib.sha256(f"{self.vocab_size}\n".encode())
+        for b in self.id_bytes():
+            h.update(len(b).to_bytes(4, "little"))
+            h.update(b)
+        return h.hexdigest()
 
     def stream_decoder(self) -> StreamDecoder:
         """A decoder for ids that arrive a few at a time (generation)."""
