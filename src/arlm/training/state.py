@@ -1,4 +1,5 @@
-"""The run state: everything besides weights and optimizer moments that a resume must restore.
+"""The run state (what a resume must restore besides weights and optimizer moments), and the
+session (the live objects of one ``train()`` call).
 
 ``RunState`` is the one record of where a run stands (step, tokens, sampler position, skip
 counters, validation, time, RNG). It writes itself into a checkpoint's ``trainer_state.json``
@@ -11,9 +12,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import torch
+from torch import nn
+
+from ..config import RunConfig, TrainConfig
+from ..data import ChunkSampler, TokenSplits
 from . import checkpoint as ckpt_io
 from .checkpoint import CheckpointError
+from .distributed import DistInfo
+from .progress import Progress
 
 
 @dataclass
@@ -65,9 +74,46 @@ class RunState:
         return state
 
 
+@dataclass
 class Session:
-    """The live objects of one ``train()`` call (config, model, optimizer, sampler, writers,
-    the ``RunState``): what set-up builds and the step and after-step functions work with."""
+    """The live objects of one ``train()`` call: what set-up builds, and what the step and
+    after-step functions work with. ``state`` is the part a checkpoint saves."""
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    cfg: RunConfig
+    run_dir: Path
+    resume_from: Path | None
+    device: torch.device
+    bf16: bool
+    dinfo: DistInfo
+    fsdp: bool  # the model is sharded (its forward is a collective)
+    owns_group: bool  # this call created the process group and destroys it at the end
+    model: nn.Module
+    fwd: nn.Module  # what forward/backward runs through: the model, DDP-wrapped and/or compiled
+    optimizer: Any
+    sampler: ChunkSampler
+    tokenizer: Any
+    splits: TokenSplits
+    state: RunState
+    metrics: Any  # MetricsWriter on rank 0
+    progress: Progress
+    params: list  # parameters whose gradients are clipped
+    clip: float  # max gradient norm (inf: no clipping)
+    tokens_per_step: int  # over all ranks and micro-batches
+    peak: float | None  # device peak FLOP/s, for MFU
+    fpt: float  # training FLOPs per token
+    every_rank: bool  # evaluation and samples run here (rank 0, or every rank under FSDP)
+    start_step: int = 0  # the step this session started at
+    last_saved: int | None = None  # step of the newest checkpoint of this run
+    last_ckpt: Path | None = None
+    received: list[int] = field(default_factory=list)  # signals caught
+    train_time: float = 0.0  # seconds spent in train_step this session
+    tok_s_avg: float | None = None  # smoothed tokens/s for the progress line
+
+    @property
+    def tc(self) -> TrainConfig:
+        return self.cfg.train
+
+    @property
+    def rng_devices(self) -> list[torch.device]:
+        """Devices whose RNG evaluation and sampling fork (and so never move)."""
+        return [self.device] if self.device.type == "cuda" else []

@@ -57,7 +57,7 @@ def train_step(s: Session) -> StepOutcome:
     batches = [_to_device(s.sampler.next_batch(), s.device) for _ in range(tc.grad_accum)]
     loss_t = forward_backward(s.fwd, batches, s.bf16, tc.loss_chunk)
     norm_t = torch.nn.utils.clip_grad_norm_(s.params, s.clip)
-    out_of_time = tc.max_minutes is not None and time.perf_counter() - s.t_session >= tc.max_minutes * 60
+    out_of_time = tc.max_minutes is not None and time.perf_counter() - s.state.session_start >= tc.max_minutes * 60
     # one host sync per step; under DDP one all-reduce makes every decision unanimous
     loss, any_signal, any_timeout = ddp.reduce_step(s.dinfo, loss_t, bool(s.received), out_of_time)
     norm = ddp.grad_norm_value(norm_t)

@@ -160,22 +160,19 @@ def _build(plan: RunPlan, device: torch.device, bf16: bool, tokenizer, splits: T
 
     ddp.barrier(dinfo)  # every rank has checked its inputs: rank 0 writes the run folder
     metrics = _open_run_dir(plan, tokenizer, state.step, log) if dinfo.is_main else _NullWriter()
-    seq_len = cfg.seq_len
     return Session(
-        cfg=cfg, tc=tc, run_dir=run_dir, resume_from=resume_from, device=device, bf16=bf16, dinfo=dinfo, fsdp=fsdp,
+        cfg=cfg, run_dir=run_dir, resume_from=resume_from, device=device, bf16=bf16, dinfo=dinfo, fsdp=fsdp,
         owns_group=owns_group, model=model, fwd=fwd, optimizer=optimizer, sampler=sampler, tokenizer=tokenizer,
-        splits=splits, state=state, metrics=metrics, start_step=state.step,
-        params=[p for p in model.parameters() if p.requires_grad],
-        clip=tc.grad_clip if tc.grad_clip > 0 else math.inf,
-        tokens_per_step=tc.batch_size * tc.grad_accum * seq_len * dinfo.world_size,
-        peak=peak_flops(device, "bf16" if bf16 else "fp32"), fpt=flops_per_token(cfg.model, matmul_params(model), seq_len),
-        rng_devices=[device] if device.type == "cuda" else [],
+        splits=splits, state=state, metrics=metrics,
+        progress=Progress(tc.max_steps, state.step, bar=progress and tc.progress, log=log if dinfo.is_main else None),
+        params=[p for p in model.parameters() if p.requires_grad], clip=tc.grad_clip if tc.grad_clip > 0 else math.inf,
+        tokens_per_step=tc.batch_size * tc.grad_accum * cfg.seq_len * dinfo.world_size,
+        peak=peak_flops(device, "bf16" if bf16 else "fp32"),
+        fpt=flops_per_token(cfg.model, matmul_params(model), cfg.seq_len),
         # evaluation and samples run on rank 0, or on every rank when the model is sharded (its
         # forward gathers parameters from all ranks); only rank 0 reports them
-        every_rank=dinfo.is_main or fsdp,
-        progress=Progress(tc.max_steps, state.step, bar=progress and tc.progress, log=log if dinfo.is_main else None),
+        every_rank=dinfo.is_main or fsdp, start_step=state.step,
         last_saved=state.step if resume_from is not None else None, last_ckpt=resume_from,
-        received=[], train_time=0.0, tok_s_avg=None,
     )
 
 
@@ -334,7 +331,7 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
         return _result(state, plan.run_dir, "max_steps", None, plan.checkpoint, time.perf_counter() - t_start, 0.0)
 
     s = _build(plan, device, bf16, tokenizer, splits, state, progress, log)
-    s.t_session = state.session_start = time.perf_counter()  # max_minutes and elapsed_s count from here
+    state.session_start = time.perf_counter()  # max_minutes and elapsed_s count from here
     stop = "max_steps"
     s.model.train()
     try:
