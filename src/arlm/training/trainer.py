@@ -78,7 +78,7 @@ def _sample(model, tokenizer, cfg: RunConfig, device: torch.device, bf16: bool) 
 # ---- set-up ------------------------------------------------------------------------------------
 
 
-def _prepare(cfg: RunConfig | None, out_dir, resume, log: Callable[[str], None], t_start: float):
+def _prepare(cfg: RunConfig | None, out_dir, resume, log: Callable[[str], None]):
     """Check every input and read the checkpoint's state; nothing is written yet. Returns the
     plan, the data and tokenizer, and the run state (a fresh one for a new run)."""
     if cfg is not None:
@@ -324,7 +324,7 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
     NonFiniteLossError after ``MAX_CONSECUTIVE_SKIPS`` consecutive non-finite steps.
     """
     t_start = time.perf_counter()
-    plan, device, bf16, tokenizer, splits, state = _prepare(cfg, out_dir, resume, log, t_start)
+    plan, device, bf16, tokenizer, splits, state = _prepare(cfg, out_dir, resume, log)
     if state.step >= plan.cfg.train.max_steps:
         log(f"{plan.checkpoint.name} is already at step {state.step} >= train.max_steps={plan.cfg.train.max_steps}; "
             "nothing to train (raise train.max_steps to extend the run)")
