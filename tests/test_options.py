@@ -174,6 +174,9 @@ NORMS: dict[str, tuple[dict, dict, bool]] = {
     "derf_post_norm": ({"use_derf": True, "pre_norm": False}, {}, True),
     "layerscale_shift_tokens_weight_tied": ({"use_layerscale": True, "layerscale_init_value": 0.3, "shift_tokens": 1,
                                              "weight_tie_layers": True, "pre_and_post_norm": True}, {}, True),
+    # arlm only (Hugging Face import): GPT-2's LayerNorm biases and epsilon, Llama's RMSNorm epsilon
+    "norm_bias_eps": ({"norm_bias": True, "norm_eps": 1e-3}, {}, False),
+    "rmsnorm_eps": ({"use_rmsnorm": True, "norm_eps": 1e-6}, {}, False),
     # (norms: new options go here)
 }
 
@@ -325,6 +328,10 @@ ATTN_PROJ: dict[str, tuple[dict, dict, bool]] = {
                                      "attn_gate_value_heads": (True, False), "attn_zero_init_output": (True, False)},
                                     {}, True),
     "per_layer_orthog": ({"attn_orthog_projected_values": (True, False)}, {}, False),
+    # arlm only (Hugging Face import): projection biases, also on the per-view projections of hyper-connections
+    "attn_bias": ({"heads": 4, "attn_kv_heads": 2, "attn_bias": True}, {}, False),
+    "attn_bias_qkv_views": ({"num_residual_streams": 2, "qkv_receive_diff_residuals": True, "attn_bias": True},
+                            {}, False),
     # (attention projections, gates and values: new options go here)
 }
 
@@ -389,6 +396,8 @@ FEEDFORWARD: dict[str, tuple[dict, dict, bool]] = {
     "ff_custom_activation_softplus": ({"ff_custom_activation": torch.nn.Softplus()}, {}, True),
     "ff_per_layer_variants": ({"ff_glu": True, "ff_glu_mult_bias": (True, False), "ff_glu_softclamp": True,
                                "ff_glu_gate_softclamp_value": (4.0, 0.5), "ff_sublayer_dropout": (0.0, 0.1)}, {}, True),
+    # arlm only (Hugging Face import): Llama's bias-free SwiGLU
+    "ff_glu_no_bias": ({"ff_glu": True, "ff_swish": True, "ff_no_bias": True, "ff_glu_bias": False}, {}, False),
     # (feed-forward: new options go here)
 }
 

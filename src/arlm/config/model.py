@@ -96,6 +96,10 @@ class ModelConfig(ModelChecks):
     qk_rmsnorm: bool = False  # RMSNorm with per-head gains on queries and keys
     k_rmsnorm: bool = False  # the same on keys only
     value_rmsnorm: bool = False  # RMSNorm with per-head gains on values
+    norm_bias: bool = False  # LayerNorm with a learned bias (GPT-2); needs norm=layernorm
+    # None: LayerNorm eps 1e-5, RMSNorm l2-normalised (x-transformers); a number: this epsilon inside the
+    # square root, x * rsqrt(mean(x^2) + eps) for RMSNorm (Llama's rms_norm_eps, GPT-2's layer_norm_epsilon)
+    norm_eps: float | None = None
     # (norms: new options go here)
 
     # --- residual and layer structure (model/block.py, model/residual.py) ---
@@ -172,6 +176,7 @@ class ModelConfig(ModelChecks):
     attn_use_latent_kv: bool = False
     attn_dim_latent_kv: int | None = None
     attn_latent_rope_subheads: int | None = None
+    attn_bias: bool = False  # biases on the query/key/value and output projections (GPT-2; Llama's attention_bias)
     # (attention projections, gates and values: new options go here)
     # (attention scores and kernels: new options go here)
     attn_sigmoid: bool = False  # sigmoid instead of softmax (at most one of sigmoid/hard/l2/gumbel/top-k)
@@ -201,6 +206,8 @@ class ModelConfig(ModelChecks):
     ff_zero_init_output: bool = False  # output projection starts at zero
     ff_output_proj_depth: int | None = None  # output projection init std (2 * inner * depth)^-0.5 (OLMo)
     ff_sublayer_dropout: float = 0.0  # dropout on the feed-forward output
+    # a GLU input projection keeps its bias when ff_bias is off (x-transformers); False: it follows ff_bias (Llama)
+    ff_glu_bias: bool = True
     # (feed-forward: new options go here)
 
     # --- embedding and output ---

@@ -244,6 +244,13 @@ class ModelChecks:
             raise ConfigError("model.dynamic_tanh_init_alpha needs model.norm=dynamic_tanh")
         if self.layerscale_init_value != 0.0 and not self.layerscale:
             raise ConfigError("model.layerscale_init_value needs model.layerscale=true")
+        if self.norm_bias and self.norm != "layernorm":
+            raise ConfigError(f"model.norm_bias needs model.norm=layernorm (got {self.norm!r})")
+        if self.norm_eps is not None:
+            if not self.norm_eps > 0:
+                raise ConfigError(f"model.norm_eps must be > 0 (or null for the defaults), got {self.norm_eps}")
+            if self.norm not in ("layernorm", "rmsnorm"):
+                raise ConfigError(f"model.norm_eps needs model.norm layernorm or rmsnorm (got {self.norm!r})")
 
     def _validate_residual(self) -> None:
         if self.layers_execute_order is not None:
@@ -356,6 +363,9 @@ class ModelChecks:
                               "(qkv_receive_diff_residuals or integrate_layers)")
 
     def _validate_attention_projections(self) -> None:
+        if self.attn_bias and (self.attn_use_latent_q or self.attn_use_latent_kv):
+            raise ConfigError("model.attn_bias adds biases to the fused query/key/value projection, which "
+                              "multi-head latent attention replaces; turn off attn_use_latent_q/kv or attn_bias")
         for name in ("attn_value_dim_head", "attn_gate_values_rank", "attn_output_gate_rank", "attn_dim_latent_q",
                      "attn_dim_latent_kv", "attn_latent_rope_subheads", "attn_output_proj_depth"):
             if getattr(self, name) is not None:
@@ -434,6 +444,8 @@ class ModelChecks:
                 raise ConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")
 
     def _validate_feedforward(self) -> None:
+        if not self.ff_glu_bias and not self.ff_glu:
+            raise ConfigError("model.ff_glu_bias=false needs model.ff_glu=true (it drops the GLU input bias)")
         if not self.ff_glu:
             for name in ("ff_glu_mult_bias", "ff_glu_softclamp"):
                 if getattr(self, name):

@@ -111,7 +111,7 @@ class Attention(nn.Module):
         H, K, D, Dv = cfg.heads, cfg.n_kv_heads, cfg.head_dim, cfg.value_head_dim
         self.heads, self.kv_heads, self.head_dim, self.value_dim = H, K, D, Dv
         latent = cfg.attn_use_latent_q or cfg.attn_use_latent_kv
-        self.qkv = None if latent else nn.Linear(cfg.dim, (H + K) * D + K * Dv, bias=False)
+        self.qkv = None if latent else nn.Linear(cfg.dim, (H + K) * D + K * Dv, bias=cfg.attn_bias)
         self.latent = LatentQKV(cfg) if latent else None
         # the cache keeps the latent (when nothing transforms keys or values on the way)
         self.latent_cache = cfg.latent_kv_cache
@@ -121,7 +121,7 @@ class Attention(nn.Module):
         # attention on attention (Huang et al. 2019): the output projection is a GLU
         self.on_attn = cfg.attn_on_attn
         self.out = (None if cfg.attn_project_out is False
-                    else nn.Linear(cfg.attn_out_in_dim, cfg.dim * (2 if cfg.attn_on_attn else 1), bias=False))
+                    else nn.Linear(cfg.attn_out_in_dim, cfg.dim * (2 if cfg.attn_on_attn else 1), bias=cfg.attn_bias))
         self.zero_init_output, self.out_depth = cfg.attn_zero_init_output, cfg.attn_output_proj_depth
         self.sublayer_dropout = cfg.attn_sublayer_dropout
         self.dropout = cfg.attn_dropout
@@ -383,9 +383,13 @@ class Attention(nn.Module):
     def _project_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (3, B, T, C) -> queries and keys (B, T, H + K, D) from views 0 and 1, values (B, T, K * Dv) from view 2."""
         H, K, D = self.heads, self.kv_heads, self.head_dim
-        w = self.qkv.weight
-        qk = torch.cat((F.linear(x[0], w[:H * D]), F.linear(x[1], w[H * D:(H + K) * D])), dim=-1)
-        return qk.unflatten(-1, (H + K, D)), F.linear(x[2], w[(H + K) * D:])
+        w, b = self.qkv.weight, self.qkv.bias
+
+        def part(view: int, rows: slice) -> torch.Tensor:  # one view through its rows of the fused projection
+            return F.linear(x[view], w[rows], None if b is None else b[rows])
+
+        qk = torch.cat((part(0, slice(0, H * D)), part(1, slice(H * D, (H + K) * D))), dim=-1)
+        return qk.unflatten(-1, (H + K, D)), part(2, slice((H + K) * D, None))
 
     def _mix_values(self, x, v, ctx: Context, step: int) -> torch.Tensor:
         """The first attention call stores its values; later calls interpolate towards them with a

@@ -97,6 +97,8 @@ _NORM_KWARGS: dict[str, tuple[str | None, Any]] = {
     "attn_qk_rmsnorm": ("qk_rmsnorm", bool),
     "attn_k_rmsnorm": ("k_rmsnorm", bool),
     "attn_value_rmsnorm": ("value_rmsnorm", bool),
+    "norm_bias": ("norm_bias", bool),  # arlm addition: LayerNorm biases (GPT-2 import)
+    "norm_eps": ("norm_eps", lambda v: None if v is None else float(v)),  # arlm addition (Llama's rms_norm_eps)
 }
 
 _RESIDUAL_KWARGS: dict[str, tuple[str | None, Any]] = {
@@ -156,6 +158,7 @@ _ATTN_PROJ_KWARGS: dict[str, tuple[str | None, Any]] = {
     "attn_value_dim_head": ("attn_value_dim_head", _int_or_none),
     "attn_dim_out": (None, _int_or_none),
     "attn_project_out": ("attn_project_out", lambda v: None if v is None else bool(v)),
+    "attn_bias": ("attn_bias", bool),  # arlm addition: query/key/value and output biases (GPT-2 import)
     "attn_zero_init_output": ("attn_zero_init_output", bool),
     "attn_output_proj_depth": ("attn_output_proj_depth", _int_or_none),
     "attn_sublayer_dropout": ("attn_sublayer_dropout", float),
@@ -215,6 +218,7 @@ _FF_KWARGS: dict[str, tuple[str | None, Any]] = {
     "ff_output_proj_depth": ("ff_output_proj_depth", int),
     "ff_sublayer_dropout": ("ff_sublayer_dropout", float),
     "ff_dim_out": (None, int),
+    "ff_glu_bias": ("ff_glu_bias", bool),  # arlm addition: False drops the GLU input bias with ff_no_bias (Llama)
 }
 
 _DECODER_KWARGS: dict[str, tuple[str | None, Any]] = {

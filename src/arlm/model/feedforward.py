@@ -77,7 +77,7 @@ def activation_name(module) -> str:
 class FeedForward(nn.Module):
     """Position-wise MLP; ``ff_glu`` gates it (Shazeer 2020, GLU variants): proj_in gives
     [up, gate] and the hidden is up * act(gate). As in x-transformers a GLU input projection keeps
-    its bias when ``ff_bias`` is off. ``ff_post_act_ln`` normalises the hidden (NormFormer).
+    its bias when ``ff_bias`` is off (unless ``ff_glu_bias`` is off: Llama). ``ff_post_act_ln`` normalises the hidden (NormFormer).
 
     Variants: SoLU (Elhage et al. 2022, softmax(h) * h then a LayerNorm); a learned multiplier on
     the GLU output (``ff_glu_mult_bias``); SituGLU soft-capping of the up branch and the gate's
@@ -89,7 +89,8 @@ class FeedForward(nn.Module):
         super().__init__()
         inner = cfg.ff_inner_dim
         self.glu = cfg.ff_glu
-        self.proj_in = nn.Linear(cfg.dim, inner * (2 if cfg.ff_glu else 1), bias=cfg.ff_bias or cfg.ff_glu)
+        self.proj_in = nn.Linear(cfg.dim, inner * (2 if cfg.ff_glu else 1),
+                                 bias=cfg.ff_bias or (cfg.ff_glu and cfg.ff_glu_bias))
         self.act = ACTIVATIONS.get(cfg.ff_activation, self._solu)
         # SoLU's LayerNorm over the hidden (x-transformers' bias-free LayerNorm, gain at 1)
         self.solu_norm = nn.LayerNorm(inner, bias=False) if cfg.ff_activation == "solu" else None

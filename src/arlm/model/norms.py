@@ -20,15 +20,21 @@ from ..config import ModelConfig
 
 class RMSNorm(nn.Module):
     """RMSNorm (Zhang & Sennrich 2019) written as x-transformers does: l2-normalise, times sqrt(C),
-    times a learned gain, so converted weights give identical outputs."""
+    times a learned gain, so converted weights give identical outputs. With ``eps`` it is Llama's
+    form instead, x * rsqrt(mean(x^2) + eps) * gain in fp32, so imported Llama weights do too."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, eps: float | None = None):
         super().__init__()
         self.scale = dim**0.5
+        self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1) * self.scale * self.weight
+        if self.eps is None:
+            return F.normalize(x, dim=-1) * self.scale * self.weight
+        h = x.float()
+        h = h * torch.rsqrt(h.square().mean(dim=-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
 
 
 class ScaleNorm(RMSNorm):
@@ -176,7 +182,7 @@ NORM_TYPES = (nn.LayerNorm, RMSNorm, SimpleRMSNorm)
 def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
     dim = dim or cfg.dim
     if cfg.norm == "rmsnorm":
-        return RMSNorm(dim)
+        return RMSNorm(dim, cfg.norm_eps)
     if cfg.norm == "scalenorm":
         return ScaleNorm(dim)
     if cfg.norm == "simple_rmsnorm":
@@ -185,5 +191,5 @@ def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
         return DynamicTanh(dim, cfg.dynamic_tanh_init_alpha)
     if cfg.norm == "derf":
         return Derf(dim)
-    # bias-free LayerNorm: the x-transformers default, more stable than with a bias
-    return nn.LayerNorm(dim, bias=False)
+    # bias-free LayerNorm: the x-transformers default, more stable than with a bias (norm_bias: GPT-2's)
+    return nn.LayerNorm(dim, eps=1e-5 if cfg.norm_eps is None else cfg.norm_eps, bias=cfg.norm_bias)
