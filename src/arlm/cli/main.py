@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Callable
 
-from . import convert, evaluate, generate, plot, prepare, presets, train
+from . import convert, evaluate, export, generate, plot, prepare, presets, train
 from .common import Parser, UsageError, description, summary
 
 PROG = "arlm"
@@ -29,6 +29,7 @@ def _verbs() -> dict[str, tuple[Callable, Callable]]:
         "convert": (convert.convert, convert.add_arguments),
         "prepare": (prepare.prepare, prepare.add_arguments),
         "plot": (plot.plot, plot.add_arguments),
+        "export": (export.export, export.add_arguments),
     }
 
 
