@@ -32,6 +32,9 @@ def export(args: argparse.Namespace) -> int:
     if args.step is not None and args.step < 0:
         raise UsageError(f"--step must be >= 0, got {args.step}")
     try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()  # one line of output, not a bar per file written
         export_run(args.run, dest, step=args.step)
     except HFConfigError as e:
         raise UsageError(f"{args.run} cannot be exported to transformers: {e}") from None
