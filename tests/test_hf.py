@@ -185,6 +185,9 @@ def test_auto_tokenizer_loads_the_export_and_encodes_as_arlm(tokenizer, tmp_path
         ids_ = hf_tok.encode(text, add_special_tokens=False)
         assert ids_ == tok.encode(text)
         assert hf_tok.decode(ids_) == text
+    # and import reads the folder's tokenizer.json back as the same arlm tokenizer
+    _, back = import_hf(tmp_path)
+    assert back.kind == tok.kind and back.encode(tiny_corpus_text[:500]) == tok.encode(tiny_corpus_text[:500])
 
 
 def test_cli_export_of_a_trained_run_and_its_errors(tmp_path, tiny_corpus):
