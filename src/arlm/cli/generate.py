@@ -189,5 +189,10 @@ def check_options(args: argparse.Namespace):
             seed=args.seed, num_samples=args.num_samples, beams=args.beams, length_penalty=args.length_penalty,
             stochastic=args.stochastic)
     except SamplingError as e:
-        flag = "--" + e.field.replace("_", "-")
-        raise UsageError(f"{flag} {e.problem}".replace("beam search", "beam search (--beams)")) from None
+        raise flag_error(e) from None
+
+
+def flag_error(e: SamplingError) -> UsageError:
+    """A SamplingConfig's complaint, named after the command-line flag of its field."""
+    flag = "--" + e.field.replace("_", "-")
+    return UsageError(f"{flag} {e.problem}".replace("beam search", "beam search (--beams)"))

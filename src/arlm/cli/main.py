@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Callable
 
-from . import convert, evaluate, export, generate, plot, prepare, presets, train
+from . import chat, convert, evaluate, export, generate, plot, prepare, presets, serve, train
 from .common import Parser, UsageError, description, summary
 
 PROG = "arlm"
@@ -30,6 +30,8 @@ def _verbs() -> dict[str, tuple[Callable, Callable]]:
         "prepare": (prepare.prepare, prepare.add_arguments),
         "plot": (plot.plot, plot.add_arguments),
         "export": (export.export, export.add_arguments),
+        "serve": (serve.serve, serve.add_arguments),
+        "chat": (chat.chat, chat.add_arguments),
     }
 
 
