@@ -49,7 +49,11 @@ def chat(args: argparse.Namespace) -> int:
     if reply_len >= context:
         raise UsageError(f"--max-new-tokens must be below the model context ({context} tokens), got {reply_len}")
     cfg = cfg.replace(max_new_tokens=reply_len, stop=tuple(template.stop))
-    return _loop(run, AutoregressiveWrapper(run.model), template, cfg, context, args.system)
+    try:
+        return _loop(run, AutoregressiveWrapper(run.model), template, cfg, context, args.system)
+    except KeyboardInterrupt:  # Ctrl-C outside a reply ends the chat, as at the prompt
+        note("")
+        return 0
 
 
 def _loop(run, wrapper, template, cfg, context: int, system: str | None) -> int:
@@ -63,14 +67,10 @@ def _loop(run, wrapper, template, cfg, context: int, system: str | None) -> int:
     messages = [{"role": "system", "content": system}] if system else []
     interactive = sys.stdin.isatty()
     while True:
-        try:
-            if interactive:
-                sys.stderr.write("> ")
-                sys.stderr.flush()
-            line = sys.stdin.readline()
-        except KeyboardInterrupt:
-            note("")
-            return 0
+        if interactive:
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
         if not line:  # Ctrl-D / end of input
             if interactive:
                 note("")
