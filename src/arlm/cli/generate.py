@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import secrets
 
 from arlm.generation.sampling import SamplingError, StopStrings, unescape

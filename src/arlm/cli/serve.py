@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 
 from .common import UsageError, check_device, note
 
@@ -28,11 +29,8 @@ def serve(args: argparse.Namespace) -> int:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.max_waiting < 0:
         raise UsageError(f"--max-waiting must be >= 0, got {args.max_waiting}")
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise UsageError("arlm serve needs the 'serve' extra: pip install 'arlm[serve]'") from None
+    if not all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn")):
+        raise UsageError("arlm serve needs the 'serve' extra: pip install 'arlm[serve]'")
     check_device(args.device)
     from arlm.serve import serve_run
 

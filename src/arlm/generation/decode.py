@@ -10,7 +10,6 @@ one token per step, as x-transformers does).
 
 from __future__ import annotations
 
-import math
 import weakref
 from typing import Callable, Iterator
 
@@ -18,23 +17,6 @@ import torch
 
 from .cpu_layout import decodes
 from .filters import identity
-
-
-def check_sampling(temperature: float, seq_len: int) -> None:
-    """Reject invalid sampling parameters before any work."""
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"seq_len (number of new tokens) must be an integer >= 1, got {seq_len!r}")
-    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or math.isnan(temperature)
-            or temperature < 0 or math.isinf(temperature)):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-
-
-def check_penalties(repetition_penalty: float, presence_penalty: float, frequency_penalty: float) -> None:
-    if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
-        raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off), got {repetition_penalty}")
-    for name, v in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)):
-        if not math.isfinite(v):
-            raise ValueError(f"{name} must be a finite number (0 = off), got {v}")
 
 
 def check_token_ids(ids: torch.Tensor, vocab_size: int, what: str = "prompt") -> None:
