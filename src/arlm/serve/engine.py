@@ -169,7 +169,7 @@ class Engine:
             hist = torch.empty(B, T + steps, dtype=torch.long, device=self.device)
             hist[:, :T] = ids
             total = T
-            stepper = Stepper(self.model, B, start if bool(start.any()) else None)
+            stepper = Stepper(self.model, B, start if bool(start.any()) else None, need=T + steps)
             counts = self._counts(rows, ids, start)
             for _ in range(steps):
                 logits = stepper.logits(hist, total).float()  # (B, V)
