@@ -9,8 +9,10 @@ from .common import UsageError, check_device, note
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Serve a run over HTTP with OpenAI's API: POST /v1/completions, POST /v1/chat/completions
-    (for runs with a RUN/chat_template.json), GET /v1/models, GET /health.
+    """Serve a run over HTTP with OpenAI's API (completions, chat completions, models).
+
+    Endpoints: POST /v1/completions, POST /v1/chat/completions (for runs with a
+    RUN/chat_template.json), GET /v1/models, GET /health.
 
     Concurrent requests are decoded together in shared steps (--max-batch sequences at once;
     --max-waiting more may queue, beyond that requests get 429). Binds 127.0.0.1 unless --host
