@@ -273,3 +273,31 @@ def test_attn_bias_reaches_the_per_view_projections():
     qk, v = attn._project_views(torch.stack((x, x, x)))
     fused = attn.qkv(x)
     torch.testing.assert_close(torch.cat((qk.flatten(-2), v), dim=-1), fused)
+
+
+def test_cli_convert_keeps_embedding_rows_past_the_tokenizer_as_padding(tmp_path):
+    from arlm.run import load_run
+
+    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=44, num_hidden_layers=1,
+                                   num_attention_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    hf = perturbed(transformers.AutoModelForCausalLM.from_config(cfg))
+    hf.save_pretrained(tmp_path / "llama")
+    ByteTokenizer().save(tmp_path / "bytes.json")
+    rc, _, err = cli("convert", tmp_path / "llama", "--from", "hf", "--out", tmp_path / "run",
+                     "--tokenizer", tmp_path / "bytes.json")
+    assert rc == 0, err
+    run = load_run(tmp_path / "run")
+    assert (run.cfg.model.vocab_size, run.cfg.model.padded_vocab) == (256, 300)
+    x = ids(256)
+    with torch.no_grad():
+        assert max_diff(run.model(x), hf(x).logits[..., :256]) < TOL
+    rc, text, err = cli("generate", tmp_path / "run", "--prompt", "ab", "--max-new-tokens", "4", "--temperature", "0")
+    assert rc == 0 and text.startswith("ab"), err
+    # more ids in the tokenizer than in the model is refused
+    small = transformers.LlamaConfig(vocab_size=200, hidden_size=32, intermediate_size=44, num_hidden_layers=1,
+                                     num_attention_heads=2, max_position_embeddings=32)
+    transformers.AutoModelForCausalLM.from_config(small).save_pretrained(tmp_path / "small")
+    rc, _, err = cli("convert", tmp_path / "small", "--from", "hf", "--out", tmp_path / "run2",
+                     "--tokenizer", tmp_path / "bytes.json")
+    assert rc == 2 and "the tokenizer has 256 ids but the model has 200" in err

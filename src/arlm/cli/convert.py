@@ -16,7 +16,8 @@ def convert(args: argparse.Namespace) -> int:
     save_pretrained writes; pickled .bin weights are never read) of a GPT-2 or Llama-family model
     (llama, mistral, qwen2). The run's logits equal the original's; its tokenizer is --tokenizer,
     else the folder's tokenizer.json when it is a byte-level BPE, else the byte tokenizer when the
-    vocabulary has 256 ids. --max-seq-len shortens the context (default: the model's own, which
+    vocabulary has 256 ids; a tokenizer with fewer ids than the model's embedding keeps the
+    extra rows as padding, never sampled. --max-seq-len shortens the context (default: the model's own, which
     sizes the KV cache). Needs the 'hf' extra.
 
     --from x-transformers: SOURCE is a torch state dict and --config a YAML (or JSON) file with
@@ -52,7 +53,8 @@ def convert(args: argparse.Namespace) -> int:
 def _from_hf(args: argparse.Namespace):
     """(model, tokenizer, where it came from) of a transformers folder."""
     from arlm.export.hf_config import HFConfigError
-    from arlm.export.hf_import import import_hf
+    from arlm.export.hf_import import import_hf, narrow_vocab
+    from arlm.tokenizers import load_tokenizer
 
     if args.config:
         raise UsageError("--config is for --from x-transformers; a transformers folder has its own config.json")
@@ -69,6 +71,13 @@ def _from_hf(args: argparse.Namespace):
         raise UsageError(str(e)) from None
     found = "the folder's tokenizer.json is not a byte-level BPE arlm reads" if (folder / "tokenizer.json").is_file() \
         else "the folder has no tokenizer.json"
+    if args.tokenizer:
+        tokenizer = load_tokenizer(args.tokenizer)
+    if tokenizer is not None and tokenizer.vocab_size < net.cfg.vocab_size:
+        try:  # transformers models often pad their embedding past the tokenizer's ids
+            net = narrow_vocab(net, tokenizer.vocab_size)
+        except HFConfigError as e:
+            raise UsageError(str(e)) from None
     tokenizer = _tokenizer(args, net.cfg.vocab_size, tokenizer, found)
     return net, tokenizer, {"library": "transformers", "folder": str(folder)}
 

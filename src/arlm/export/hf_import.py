@@ -9,6 +9,7 @@ the original's, with the folder's tokenizer.json when arlm can read it. The inve
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -191,6 +192,25 @@ def import_hf(folder: str | Path, max_seq_len: int | None = None):
     return model.eval(), _tokenizer(folder)
 
 
+def narrow_vocab(model, vocab_size: int):
+    """``model`` sampling only the first ``vocab_size`` ids (a tokenizer smaller than the model's
+    embedding, as many transformers models pad theirs): the other rows stay as padding
+    (``vocab_pad_multiple``), so the weights and the logits of those ids are unchanged."""
+    from ..model import Transformer
+
+    cfg = model.cfg
+    if vocab_size == cfg.vocab_size:
+        return model
+    if not 0 < vocab_size < cfg.padded_vocab or cfg.vocab_pad_multiple != 1:
+        raise HFConfigError(f"the tokenizer has {vocab_size} ids but the model {cfg.vocab_size}; a tokenizer "
+                            "may have fewer ids than the model (its extra rows are never sampled), not more")
+    narrowed = replace(cfg, vocab_size=vocab_size, vocab_pad_multiple=cfg.vocab_size)
+    with torch.device("meta"):
+        out = Transformer(narrowed)
+    out.load_state_dict(model.state_dict(), strict=True, assign=True)
+    return out.eval()
+
+
 def _tokenizer(folder: Path):
     from ..tokenizers import load_tokenizer
 
@@ -203,4 +223,4 @@ def _tokenizer(folder: Path):
         return None
 
 
-__all__ = ["import_hf", "read_safetensors"]
+__all__ = ["import_hf", "narrow_vocab", "read_safetensors"]
