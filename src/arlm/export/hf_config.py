@@ -73,6 +73,8 @@ _EFFECTIVE = {
     "attn_project_out": lambda c: c.attn_project_out is not False,
     "emb_dim": lambda c: c.embed_dim,
     "logits_dim": lambda c: c.n_logits,
+    # a window reaching back over the whole context hides nothing
+    "max_attend_past": lambda c: c.max_attend_past if (c.max_attend_past or c.max_seq_len) < c.max_seq_len - 1 else None,
 }
 
 
@@ -167,6 +169,9 @@ def from_hf(hf, max_seq_len: int | None = None) -> ModelConfig:
         rope = dict(getattr(hf, "rope_parameters", None) or {})
         rope_type = rope.get("rope_type", "default")
         window = getattr(hf, "sliding_window", None) if kind == "mistral" else None
+        context = _context(hf.max_position_embeddings, max_seq_len)
+        if window is not None and window >= context:  # a window as long as the context hides nothing
+            window = None
         _refuse(kind, **{"rope_parameters.rope_type": (rope_type, ("default", "linear")),
                          "rope_parameters.partial_rotary_factor": (rope.get("partial_rotary_factor", 1.0), (1.0,)),
                          # Qwen2 slides the window over some layers only
@@ -178,7 +183,7 @@ def from_hf(hf, max_seq_len: int | None = None) -> ModelConfig:
         attn_bias = True if kind == "qwen2" else bool(getattr(hf, "attention_bias", False))
         mlp_bias = bool(getattr(hf, "mlp_bias", False))
         cfg = ModelConfig(
-            vocab_size=hf.vocab_size, max_seq_len=_context(hf.max_position_embeddings, max_seq_len),
+            vocab_size=hf.vocab_size, max_seq_len=context,
             dim=hf.hidden_size, depth=hf.num_hidden_layers, heads=hf.num_attention_heads,
             dim_head=head_dim if head_dim != hf.hidden_size // hf.num_attention_heads else None,
             kv_heads=kv if kv != hf.num_attention_heads else None, pos_emb="rotary", rotary_dim=head_dim,
