@@ -178,8 +178,9 @@ def test_export_names_every_option_in_the_way_of_the_closest_architecture():
     arch, _ = to_hf(ModelConfig(**dict(LLAMA, attn_dropout=0.1, ff_dropout=0.2, init_std=0.01, zero_init_branch_output=True)))
     assert arch == "llama"
     # a sliding window needs Mistral, unless it reaches back over the whole context
-    assert to_hf(ModelConfig(**dict(LLAMA, max_attend_past=SEQ - 2)))[0] == "mistral"
-    assert to_hf(ModelConfig(**dict(LLAMA, max_attend_past=SEQ - 1)))[0] == "llama"
+    bias_free = dict(LLAMA, ff_bias=False, ff_glu_bias=False)
+    assert to_hf(ModelConfig(**dict(bias_free, max_attend_past=SEQ - 2)))[0] == "mistral"
+    assert to_hf(ModelConfig(**dict(bias_free, max_attend_past=SEQ - 1)))[0] == "llama"
 
 
 @pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
