@@ -148,7 +148,8 @@ def test_import_shortens_the_context_and_refuses_what_arlm_does_not_compute(tmp_
         import_hf(tmp_path / "pythia")
     llama3 = transformers.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=40, num_hidden_layers=1,
                                       num_attention_heads=2, rope_parameters={
-                                          "rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0, "low_freq_factor": 1.0,
+                                          "rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0,
+                                          "low_freq_factor": 1.0,
                                           "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
     transformers.AutoModelForCausalLM.from_config(llama3).save_pretrained(tmp_path / "llama3")
     with pytest.raises(HFConfigError, match="rope_type='llama3'"):
@@ -175,7 +176,8 @@ def test_export_names_every_option_in_the_way_of_the_closest_architecture():
     message = str(e.value)
     assert "model.rotary_dim=4 (needs 8)" in message and "model.qk_norm=True" in message
     # training-only options export (dropouts, init)
-    arch, _ = to_hf(ModelConfig(**dict(LLAMA, attn_dropout=0.1, ff_dropout=0.2, init_std=0.01, zero_init_branch_output=True)))
+    trained = dict(LLAMA, attn_dropout=0.1, ff_dropout=0.2, init_std=0.01, zero_init_branch_output=True)
+    arch, _ = to_hf(ModelConfig(**trained))
     assert arch == "llama"
     # a sliding window needs Mistral, unless it reaches back over the whole context
     bias_free = dict(LLAMA, ff_bias=False, ff_glu_bias=False)
@@ -204,7 +206,8 @@ def test_cli_export_of_a_trained_run_and_its_errors(tmp_path, tiny_corpus):
     from arlm.run import load_run
 
     run = tmp_path / "run"
-    rc, _, err = cli("train", "--preset", "tiny", "--data", tiny_corpus, "--out", run, "--max-steps", "2", "--no-progress")
+    rc, _, err = cli("train", "--preset", "tiny", "--data", tiny_corpus, "--out", run, "--max-steps", "2",
+                     "--no-progress")
     assert rc == 0, err
     rc, text, err = cli("export", run, "--to", "hf", "--out", tmp_path / "hf")
     assert rc == 0, err

@@ -91,7 +91,8 @@ def _neox(model, sd: dict, tied: bool) -> dict[str, torch.Tensor]:
             h + "post_attention_layernorm.bias": _bias(sd, a + "ff_norm.bias", C, qkv),
             h + "attention.query_key_value.weight": fused(qkv), h + "attention.dense.weight": o,
             h + "mlp.dense_h_to_4h.weight": fc, h + "mlp.dense_h_to_4h.bias": _bias(sd, a + "ff.proj_in.bias", I, fc),
-            h + "mlp.dense_4h_to_h.weight": proj, h + "mlp.dense_4h_to_h.bias": _bias(sd, a + "ff.proj_out.bias", C, proj),
+            h + "mlp.dense_4h_to_h.weight": proj,
+            h + "mlp.dense_4h_to_h.bias": _bias(sd, a + "ff.proj_out.bias", C, proj),
         })
         if cfg.attn_bias:
             out[h + "attention.query_key_value.bias"] = fused(sd[a + "attn.qkv.bias"])

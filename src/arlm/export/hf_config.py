@@ -51,7 +51,9 @@ class HFConfigError(ValueError):
 def _base(c: ModelConfig) -> float:
     """The rotary base after "NTK-aware" rescaling (what transformers calls rope_theta)."""
     R = c.rotary_emb_dim
-    return c.rotary_base * c.rotary_base_rescale_factor ** (R / (R - 2)) if c.rotary_base_rescale_factor != 1 else c.rotary_base
+    if c.rotary_base_rescale_factor == 1:
+        return c.rotary_base
+    return c.rotary_base * c.rotary_base_rescale_factor ** (R / (R - 2))
 
 
 def _eps(c: ModelConfig) -> float:
@@ -74,7 +76,8 @@ _EFFECTIVE = {
     "emb_dim": lambda c: c.embed_dim,
     "logits_dim": lambda c: c.n_logits,
     # a window reaching back over the whole context hides nothing
-    "max_attend_past": lambda c: c.max_attend_past if (c.max_attend_past or c.max_seq_len) < c.max_seq_len - 1 else None,
+    "max_attend_past": lambda c: (c.max_attend_past if (c.max_attend_past or c.max_seq_len) < c.max_seq_len - 1
+                                  else None),
 }
 
 
@@ -121,7 +124,8 @@ def _ratio(n: int, d: int) -> float:
 
 def _activation(name: str, field: str) -> str:
     if name not in FROM_HF_ACT:
-        raise HFConfigError(f"{field}={name!r} has no exact arlm activation; supported: {', '.join(sorted(FROM_HF_ACT))}")
+        raise HFConfigError(f"{field}={name!r} has no exact arlm activation; supported: "
+                            f"{', '.join(sorted(FROM_HF_ACT))}")
     return FROM_HF_ACT[name]
 
 
@@ -159,7 +163,8 @@ def from_hf(hf, max_seq_len: int | None = None) -> ModelConfig:
         cfg = ModelConfig(
             vocab_size=hf.vocab_size, max_seq_len=_context(hf.max_position_embeddings, max_seq_len),
             dim=hf.hidden_size, depth=hf.num_hidden_layers, heads=hf.num_attention_heads, pos_emb="rotary",
-            rotary_dim=int(D * rope.get("partial_rotary_factor", 1.0)), rotary_base=float(rope.get("rope_theta", 10000.0)),
+            rotary_dim=int(D * rope.get("partial_rotary_factor", 1.0)),  # transformers' own rounding
+            rotary_base=float(rope.get("rope_theta", 10000.0)),
             rotary_interpolation_factor=float(rope.get("factor", 1.0)) if rope_type == "linear" else 1.0,
             norm="layernorm", norm_bias=True, norm_eps=float(hf.layer_norm_eps), attn_bias=bool(hf.attention_bias),
             ff_bias=True, ff_activation=_activation(hf.hidden_act, "hidden_act"),
@@ -244,7 +249,8 @@ def to_hf(cfg: ModelConfig):
     """(architecture, transformers config) expressing ``cfg`` exactly, or HFConfigError naming
     every option that keeps the closest architecture from it."""
     tried = []
-    for arch in ("gpt2", "llama", "mistral", "gpt_neox") if cfg.pos_emb != "rotary" else ("llama", "mistral", "gpt_neox", "gpt2"):
+    rotary = ("llama", "mistral", "gpt_neox")
+    for arch in (*rotary, "gpt2") if cfg.pos_emb == "rotary" else ("gpt2", *rotary):
         try:
             hf = _hf_config(cfg, arch)
             problems = unexpressed(cfg, from_hf(hf, cfg.max_seq_len))
