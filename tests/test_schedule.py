@@ -121,3 +121,25 @@ def test_a_wsd_run_resumed_to_the_same_length_continues_from_its_newest_checkpoi
     res = train(run_cfg(corpus, max_steps=20), out, resume="auto", log=said.append)
     assert res.step == 20 and any("nothing to train" in m for m in said)
     assert not (out / "decayed-1").exists()
+
+
+def test_the_readme_command_extends_a_wsd_run(tmp_path, corpus):
+    import contextlib
+    import io
+
+    from arlm.cli.main import main
+
+    def cli(*argv):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            rc = main([str(a) for a in argv])
+        return rc, out.getvalue()
+
+    cfg_file = tmp_path / "wsd.yaml"
+    run_cfg(corpus, max_steps=10).to_yaml(cfg_file)
+    run = tmp_path / "run"
+    assert cli("train", "--config", cfg_file, "--out", run)[0] == 0
+    rc, said = cli("train", "--out", run, "--resume", "auto", "--max-steps", "14")
+    assert rc == 0, said
+    assert "continuing from step-8, the newest checkpoint before its decay began" in said
+    assert "finished: step 14" in said and [s for s, _, _ in curve(run)] == list(range(1, 15))

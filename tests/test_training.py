@@ -409,3 +409,20 @@ def test_the_summary_names_the_step_of_a_stale_validation(tmp_path, corpus, monk
     assert res.stopped_by == "signal" and res.step == 6 and res.val_step == 4
     _print_summary(res)
     assert f"validation: val_loss {res.val_loss:.4f} at step 4 (nats/token)" in capsys.readouterr().out
+
+
+def test_run_state_reads_and_writes_the_trainer_state_keys_checkpoints_have_always_had():
+    from arlm.training.state import RunState
+
+    keys = {"format", "step", "sampler", "schedule", "skipped_steps", "consecutive_skips", "tokens_seen",
+            "elapsed_s", "best_val_loss", "last_val", "corpus"}
+    st = RunState(step=7, tokens_seen=448, skipped_steps=1, consecutive_skips=0, elapsed_s=3.5, best_val_loss=2.5,
+                  last_val={"step": 6, "val_loss": 2.5, "val_bpb": 3.6, "val_ppl": 12.2}, sampler={"batches": 7},
+                  corpus={"sha256": "ab", "bytes": 10})
+    d = st.to_dict(schedule={"name": "cosine"})
+    assert set(d) == keys and d["elapsed_s"] >= 3.5
+    back = RunState.from_dict(json.loads(json.dumps(d)))
+    assert (back.step, back.tokens_seen, back.skipped_steps, back.best_val_loss, back.last_val, back.sampler,
+            back.corpus) == (7, 448, 1, 2.5, st.last_val, st.sampler, st.corpus)
+    old = RunState.from_dict({"step": 3, "sampler": {"batches": 3}})  # a checkpoint from before some keys existed
+    assert (old.step, old.tokens_seen, old.skipped_steps, old.last_val) == (3, 0, 0, None)
