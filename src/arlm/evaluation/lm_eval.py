@@ -47,7 +47,7 @@ class ArlmLM(TemplateLM):
 
     def __init__(self, run=None, step: int | None = None, device: str | None = None,
                  batch_size: int | str | None = None, prefix_token_id: int | None = None, seed: int = 1234,
-                 **unused):
+                 max_batch_size: int | None = None):
         super().__init__()
         from ..run import Run, load_run
 
@@ -63,6 +63,7 @@ class ArlmLM(TemplateLM):
         self.tokenizer = run.tokenizer
         self._device = next(self.model.parameters()).device
         # lm-eval passes "auto" or strings from --model_args; a number is what arlm can use
+        # (max_batch_size, lm-eval's cap for "auto", has nothing to cap then)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 0 else DEFAULT_BATCH_SIZE
         newline = self.tokenizer.encode("\n")
         self._prefix = int(prefix_token_id) if prefix_token_id is not None else newline[-1]
