@@ -314,3 +314,13 @@ def test_cli_convert_keeps_embedding_rows_past_the_tokenizer_as_padding(tmp_path
     rc, _, err = cli("convert", tmp_path / "small", "--from", "hf", "--out", tmp_path / "run2",
                      "--tokenizer", tmp_path / "bytes.json")
     assert rc == 2 and "the tokenizer has 256 ids but the model has 200" in err
+
+
+def test_without_the_hf_extra_both_verbs_say_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "transformers", None)  # import transformers now fails
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "config.json").write_text("{}")
+    rc, _, err = cli("convert", tmp_path / "src", "--from", "hf", "--out", tmp_path / "run")
+    assert rc == 2 and "pip install 'arlm[hf]'" in err and "Traceback" not in err
+    with pytest.raises(ImportError, match=r"pip install 'arlm\[hf\]'"):
+        to_hf(ModelConfig(**BASE))

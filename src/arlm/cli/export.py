@@ -24,7 +24,7 @@ def export(args: argparse.Namespace) -> int:
       python -c "import transformers; transformers.AutoModelForCausalLM.from_pretrained('hf/demo')"
     """
     from arlm.export.hf import export_run
-    from arlm.export.hf_config import HFConfigError
+    from arlm.export.hf_config import HFConfigError, needs_transformers
 
     dest = Path(args.out)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -32,9 +32,7 @@ def export(args: argparse.Namespace) -> int:
     if args.step is not None and args.step < 0:
         raise UsageError(f"--step must be >= 0, got {args.step}")
     try:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()  # one line of output, not a bar per file written
+        needs_transformers().utils.logging.disable_progress_bar()  # one line of output, not a bar per file written
         export_run(args.run, dest, step=args.step)
     except HFConfigError as e:
         raise UsageError(f"{args.run} cannot be exported to transformers: {e}") from None

@@ -16,15 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .hf_config import HFConfigError, llama_head_order, rotary_order, to_hf
-
-
-def _needs_transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise ImportError("Hugging Face export and import need the 'hf' extra: pip install 'arlm[hf]'") from None
-    return transformers
+from .hf_config import HFConfigError, llama_head_order, needs_transformers, rotary_order, to_hf
 
 
 def _bias(sd: dict, name: str, rows: int, like: torch.Tensor) -> torch.Tensor:
@@ -159,7 +151,7 @@ def hf_state_dict(model) -> tuple[object, dict[str, torch.Tensor]]:
 
 def export_hf(model, tokenizer, out_dir: str | Path) -> Path:
     """Write ``model`` (an arlm ``Transformer``) and ``tokenizer`` as a transformers folder."""
-    transformers = _needs_transformers()
+    transformers = needs_transformers()
     out_dir = Path(out_dir)
     hf_cfg, state = hf_state_dict(model)  # refuses before anything is written
     dtype = next(model.parameters()).dtype
@@ -174,7 +166,7 @@ def export_hf(model, tokenizer, out_dir: str | Path) -> Path:
 def save_hf_tokenizer(tokenizer, out_dir: Path, max_len: int) -> None:
     """tokenizer.json (the arlm tokenizer's own file) with tokenizer_config.json, which
     ``AutoTokenizer`` needs, written by transformers' fast tokenizer class."""
-    transformers = _needs_transformers()
+    transformers = needs_transformers()
     with tempfile.TemporaryDirectory() as tmp:
         path = tokenizer.save(Path(tmp) / "tokenizer.json")
         fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path), model_max_length=max_len)

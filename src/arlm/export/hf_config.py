@@ -44,6 +44,19 @@ _ABSORBED = frozenset(("tie_embedding", "tie_embedding_scale", "vocab_pad_multip
 _BIASES = ("attn_bias", "norm_bias", "ff_bias", "ff_glu_bias")
 
 
+def needs_transformers():
+    """The transformers module (the 'hf' extra, version 5 or newer), or an ImportError saying what to install."""
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError("Hugging Face export and import need the 'hf' extra: pip install 'arlm[hf]'") from None
+    if int(transformers.__version__.split(".")[0]) < 5:
+        # older configs keep rope_theta / rope_scaling elsewhere: a mapping here would be silently wrong
+        raise ImportError(f"Hugging Face export and import need transformers 5 or newer (found "
+                          f"{transformers.__version__}): pip install 'arlm[hf]'")
+    return transformers
+
+
 class HFConfigError(ValueError):
     """A config one side cannot express; the message names the option and what is allowed."""
 
@@ -215,7 +228,7 @@ def _context(n_positions: int, max_seq_len: int | None) -> int:
 
 def _hf_config(cfg: ModelConfig, arch: str):
     """The transformers config of architecture ``arch`` closest to ``cfg`` (checked by the caller)."""
-    import transformers
+    transformers = needs_transformers()
 
     V, act = cfg.vocab_size, TO_HF_ACT.get(cfg.ff_activation, cfg.ff_activation)
     tied = cfg.tie_embedding and (cfg.tie_embedding_scale or cfg.dim**-0.5) == 1.0

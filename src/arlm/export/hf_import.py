@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .hf import _needs_transformers
-from .hf_config import HFConfigError, from_hf, llama_head_order, rotary_order
+from .hf_config import HFConfigError, from_hf, llama_head_order, needs_transformers, rotary_order
 
 
 def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -151,7 +150,7 @@ def import_hf(folder: str | Path, max_seq_len: int | None = None):
 
     ``max_seq_len`` shortens the context (default: the model's own). The tokenizer is the folder's
     tokenizer.json when it is a byte-level BPE arlm reads (or the byte tokenizer's), else None."""
-    transformers = _needs_transformers()
+    transformers = needs_transformers()
     from ..model import Transformer
 
     folder = Path(folder)
