@@ -13,12 +13,13 @@ def convert(args: argparse.Namespace) -> int:
     """Convert x-transformers weights or a Hugging Face model into an arlm run directory.
 
     --from hf: SOURCE is a local transformers folder (config.json and model.safetensors, as
-    save_pretrained writes; pickled .bin weights are never read) of a GPT-2 or Llama-family model
-    (llama, mistral, qwen2). The run's logits equal the original's; its tokenizer is --tokenizer,
-    else the folder's tokenizer.json when it is a byte-level BPE, else the byte tokenizer when the
-    vocabulary has 256 ids; a tokenizer with fewer ids than the model's embedding keeps the
-    extra rows as padding, never sampled. --max-seq-len shortens the context (default: the model's own, which
-    sizes the KV cache). Needs the 'hf' extra.
+    save_pretrained writes; pickled .bin weights are never read) of a GPT-2, GPT-NeoX (sequential
+    residual) or Llama-family model (llama, mistral, qwen2). The run's logits equal the
+    original's. Its tokenizer is --tokenizer, else the folder's tokenizer.json when it is a
+    byte-level BPE, else the byte tokenizer when the model has 256 ids; a tokenizer with fewer ids
+    than the model's embedding keeps the extra rows as padding, never sampled. --max-seq-len
+    shortens the context (default: the model's own, which sizes the KV cache). Needs the 'hf'
+    extra (transformers 5 or newer).
 
     --from x-transformers: SOURCE is a torch state dict and --config a YAML (or JSON) file with
     the keyword arguments the x-transformers model was built with, attn_layers holding the

@@ -15,9 +15,11 @@ def export(args: argparse.Namespace) -> int:
     tokenizer_config.json: transformers.AutoModelForCausalLM.from_pretrained(DIR) gives the same
     logits as arlm (fp32) and AutoTokenizer.from_pretrained(DIR) encodes as the run's tokenizer.
     The architecture is chosen from the run's options: GPT-2 (learned absolute positions,
-    LayerNorm, plain MLP), Llama (rotary on whole heads, RMSNorm, GLU feed-forward, grouped-query
-    attention) or Mistral (Llama with a sliding window). A model none of them expresses exactly is
-    refused before anything is written, naming the options in the way. Needs the 'hf' extra.
+    LayerNorm, plain MLP: arlm's defaults), GPT-NeoX (rotary on part of each head, LayerNorm,
+    plain MLP: the tiny and default presets), Llama (rotary on whole heads, RMSNorm, GLU
+    feed-forward, grouped-query attention) or Mistral (Llama with a sliding window). A model none
+    of them expresses exactly is refused before anything is written, naming the options in the
+    way. Needs the 'hf' extra (transformers 5 or newer).
 
     examples:
       arlm export runs/demo --to hf --out hf/demo
