@@ -86,7 +86,8 @@ def test_checkpoint_layout_commit_and_pruning(tmp_path, corpus):
     out = tmp_path / "run"
     train(tiny_cfg(corpus, max_steps=10, ckpt_every=2, keep_last=2), out, **QUIET)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-10", "step-8"]
-    assert (out / "latest").read_text() == "step-10\n"
+    assert latest_checkpoint(out) == out / "checkpoints" / "step-10"
+    assert not (out / "latest").exists() and not (out / ".lock").exists()  # no pointer; the lock is released
     ckpt = out / "checkpoints" / "step-10"
     commit = verify_checkpoint(ckpt)
     assert commit["step"] == 10 and set(commit["files"]) == set(REQUIRED_FILES)
@@ -141,7 +142,9 @@ def test_stale_temp_folders_are_removed(tmp_path, corpus):
         (d / "model.safetensors").write_bytes(b"half")
     logs = []
     assert latest_checkpoint(out, logs.append).name == "step-4"
-    assert not stale.exists() and live.exists()
+    assert stale.exists() and live.exists() and not logs  # a reader (load_run, generate) deletes nothing
+    assert train(tiny_cfg(corpus, max_steps=6), out, resume="auto", progress=False, log=logs.append).step == 6
+    assert not stale.exists() and live.exists()  # the trainer, holding the lock, tidies up
     assert any(str(stale) in m for m in logs)
 
 
@@ -165,7 +168,7 @@ def test_failed_save_keeps_previous_checkpoints(tmp_path, corpus, monkeypatch, e
         train(tiny_cfg(corpus, max_steps=12), out, **QUIET)
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-4"]  # no temp folder left
     verify_checkpoint(out / "checkpoints" / "step-4")
-    assert (out / "latest").read_text() == "step-4\n"
+    assert latest_checkpoint(out) == out / "checkpoints" / "step-4"
     monkeypatch.setattr(ck, "_save_optimizer", orig)
     assert train(tiny_cfg(corpus, max_steps=12), out, resume="auto", **QUIET).step == 12
 
@@ -367,10 +370,13 @@ def test_sigkill_during_save_resumes_from_previous_checkpoint(tmp_path, corpus):
     proc.wait(timeout=30)
     root = out / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == [f".tmp-step-8-{proc.pid}", "step-4"]
-    assert (out / "latest").read_text() == "step-4\n"
+    assert latest_checkpoint(out) == root / "step-4"
+    assert (out / ".lock").read_text().split("\n")[0] == str(proc.pid)  # killed: the lock file stays, unheld
     logs = []
     res = train(cfg, out, resume="auto", progress=False, log=logs.append)
     assert res.step == 12 and any(f".tmp-step-8-{proc.pid}" in m and "removed" in m for m in logs)
+    assert any(f"left by pid {proc.pid}" in m and "taking it over" in m for m in logs)
+    assert not (out / ".lock").exists()
     assert sorted(p.name for p in root.iterdir()) == ["step-12", "step-4", "step-8"]
     ref = tmp_path / "ref"
     train(cfg, ref, **QUIET)

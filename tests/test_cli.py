@@ -22,6 +22,7 @@ import yaml
 from arlm.generation.sampling import StopStrings, compose_filters
 from arlm.cli.main import main
 from arlm.config import PRESETS, RunConfig, preset
+from arlm.rundir import latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 VERBS = ("train", "generate", "eval", "presets", "config")
@@ -64,7 +65,7 @@ def run(tmp_path_factory, tiny_corpus) -> Path:
 
 
 def test_train_writes_a_self_describing_run_dir(run):
-    for name in ("config.yaml", "metrics.jsonl", "tokenizer.json", "latest"):
+    for name in ("config.yaml", "metrics.jsonl", "tokenizer.json"):
         assert (run / name).is_file(), name
     final = run / "checkpoints" / "step-20"
     assert (final / "COMMIT").is_file()
@@ -105,9 +106,8 @@ def _wait_for_steps(metrics: Path, n: int, timeout: float = 120.0) -> None:
 
 
 def _assert_committed_after(out: Path, n: int) -> None:
-    latest = (out / "latest").read_text().strip()  # e.g. "step-7"
-    step = int(latest.rsplit("-", 1)[-1])
-    assert step >= n and (out / "checkpoints" / latest / "COMMIT").is_file()
+    latest = latest_checkpoint(out)  # e.g. RUN/checkpoints/step-7
+    assert latest is not None and int(latest.name.rsplit("-", 1)[-1]) >= n
 
 
 LONG_RUN = ("--max-steps", "100000", "--train.eval_every", "0", "--train.ckpt_every", "0")
@@ -378,7 +378,7 @@ def test_convert_from_x_transformers_gives_a_run_with_identical_logits(tmp_path,
     # the converted run fine-tunes with the usual resume
     rc, _, err = cli("train", "--out", out, "--resume", "auto", "--max-steps", "3", "--no-progress")
     assert rc == 0, err
-    assert (out / "latest").read_text().strip() == "step-3"
+    assert latest_checkpoint(out).name == "step-3"
     # a mismatched config is a clear error, and nothing is overwritten
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**kwargs, "attn_layers": {"dim": 64, "depth": 2}}))
     rc, _, err = cli("convert", tmp_path / "xt.pt", "--from", "x-transformers", "--config", tmp_path / "bad.yaml",

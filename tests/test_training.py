@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from arlm.config import ConfigError, ModelConfig, RunConfig
 from arlm.data import DataError, split_tokens
 from arlm.model import Transformer
+from arlm.rundir import latest_checkpoint
 from arlm.tokenizers import load_tokenizer
 from arlm.training import (MAX_CONSECUTIVE_SKIPS, CheckpointError, NonFiniteLossError, forward_backward, lr_at,
                            train)
@@ -123,7 +124,7 @@ def test_train_writes_run_metrics_and_samples(tmp_path, corpus):
     res = train(cfg, out, log=logs.append)
     assert res.step == 20 and res.stopped_by == "max_steps" and res.signal is None and res.run_dir == out
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-15", "step-20"]  # keep_last=2
-    assert (out / "latest").read_text().strip() == "step-20" and res.checkpoint == out / "checkpoints" / "step-20"
+    assert latest_checkpoint(out) == res.checkpoint == out / "checkpoints" / "step-20"
     saved = RunConfig.from_yaml(out / "config.yaml")
     assert saved.model.vocab_size == 256 and load_tokenizer(out / "tokenizer.json").kind == "byte"
 

@@ -1,6 +1,8 @@
 """Open a trained run folder: config, tokenizer and weights of a committed checkpoint.
 
-Loading reads YAML, JSON and safetensors only; it never unpickles anything.
+Loading reads YAML, JSON and safetensors only; it never unpickles anything. It takes no lock and
+needs none (a run being trained can be read): it reads committed checkpoints only. It imports
+nothing of the trainer.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import torch
 
 from .config import ConfigError, RunConfig
 from .model import Transformer
+from .rundir import (CHECKPOINTS, CONFIG, TOKENIZER, CheckpointError, committed_steps, is_checkpoint_dir,
+                     latest_checkpoint, load_weights, read_config, read_trainer_state, verify_checkpoint)
 from .tokenizers import load_tokenizer
-from .training.checkpoint import (COMMIT, CheckpointError, latest_checkpoint, load_weights, read_trainer_state,
-                                  step_dirs, verify_checkpoint)
 
 __all__ = ["Run", "RunError", "load_run"]
 
@@ -47,7 +49,7 @@ def _resolve(path: Path, step: int | None, log: Callable[[str], None]) -> tuple[
         raise RunError(f"{path} does not exist; give a run folder (the --out of arlm train) or one of its checkpoints")
     if not path.is_dir():
         raise RunError(f"{path} is a file; give a run folder (the --out of arlm train) or one of its checkpoints")
-    if (path / COMMIT).exists() or (path.name.startswith("step-") and path.parent.name == "checkpoints"):
+    if is_checkpoint_dir(path):
         if step is not None and path.name != f"step-{step}":
             raise RunError(f"{path} is the checkpoint {path.name}, but step={step} was asked for")
         try:
@@ -55,12 +57,12 @@ def _resolve(path: Path, step: int | None, log: Callable[[str], None]) -> tuple[
         except CheckpointError as e:
             raise RunError(f"checkpoint {path} is not usable: {e}") from None
         return path.parent.parent, path
-    if not (path / "config.yaml").is_file():
+    if not (path / CONFIG).is_file():
         raise RunError(f"{path} is not a run folder: it has no config.yaml (arlm train writes one into its --out)")
     if step is not None:
-        ckpt = path / "checkpoints" / f"step-{step}"
+        ckpt = path / CHECKPOINTS / f"step-{step}"
         if not ckpt.is_dir():
-            have = [s for s, p in step_dirs(path) if (p / COMMIT).is_file()]
+            have = committed_steps(path)
             raise RunError(f"{path} has no checkpoint at step {step}; committed steps: {have or 'none'}")
         try:
             verify_checkpoint(ckpt)
@@ -85,12 +87,15 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | torch.d
     """
     run_path, ckpt = _resolve(Path(run_dir), step, log)
     try:
-        cfg = RunConfig.from_yaml(ckpt / "config.yaml")
+        cfg = read_config(ckpt / CONFIG)  # its errors name the file
+    except ConfigError as e:
+        raise RunError(str(e)) from None
+    try:
         cfg.validate()
     except ConfigError as e:
-        raise RunError(f"{ckpt / 'config.yaml'} is not a usable config: {e}") from None
+        raise RunError(f"{ckpt / CONFIG} is not a usable config: {e}") from None
     try:
-        tokenizer = load_tokenizer(ckpt / "tokenizer.json")
+        tokenizer = load_tokenizer(ckpt / TOKENIZER)
     except (OSError, ValueError) as e:
         raise RunError(f"cannot load the tokenizer of {ckpt}: {e}") from None
     model = Transformer(cfg.model)

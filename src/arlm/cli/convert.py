@@ -155,14 +155,13 @@ def _write_run(out_dir: Path, net, tokenizer, data: str | None, source: dict) ->
     import torch
 
     from arlm.config import DataConfig, RunConfig
+    from arlm.rundir import write_run_files
     from arlm.training.checkpoint import rng_state, save_checkpoint
     from arlm.training.optim import build_optimizer
 
     cfg = RunConfig(model=net.cfg, data=DataConfig(path=data, tokenizer=tokenizer.kind))
     cfg.validate()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(out_dir / "config.yaml")
-    tokenizer.save(out_dir / "tokenizer.json")
+    write_run_files(out_dir, config_yaml=cfg.to_yaml(), tokenizer=tokenizer)
     optimizer = build_optimizer(net, cfg.train, torch.device("cpu"))
     state = {"format": 1, "step": 0, "sampler": {"seed": cfg.train.seed, "batches": 0}, "converted_from": source}
     return save_checkpoint(out_dir, 0, model=net, optimizer=optimizer, trainer_state=state, cfg=cfg,

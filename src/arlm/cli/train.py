@@ -10,6 +10,7 @@ from pathlib import Path
 
 from arlm.config import PRESETS, TOKENIZERS, ConfigError, RunConfig, all_keys, field_types, preset
 from arlm.config.yaml_text import read_yaml_file
+from arlm.rundir import is_checkpoint_dir, run_config
 
 from .common import note, out, suggest
 
@@ -111,15 +112,14 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, Path | None]:
         if args.out:
             out_dir = Path(args.out)
         elif source is not None:  # continue in the folder the checkpoint belongs to
-            out_dir = source.parent.parent if _is_checkpoint(source) else source
+            out_dir = source.parent.parent if is_checkpoint_dir(source) else source
         else:
             out_dir = Path("runs") / (name or (Path(args.config).stem if args.config else DEFAULT_PRESET))
-        saved = (source if source is not None else out_dir) / "config.yaml"
-
-    if resume and name is None and args.config is None and saved is not None and saved.is_file():
-        cfg = RunConfig.from_yaml(saved)  # resuming: the run's own config is the base layer
-    else:
-        cfg = preset(name or DEFAULT_PRESET)
+        if resume and name is None and args.config is None:
+            # resuming: the run's own config is the base layer (its newest checkpoint's when
+            # RUN/config.yaml is cut short)
+            saved = run_config(source if source is not None else out_dir, log=note)
+    cfg = saved if saved is not None else preset(name or DEFAULT_PRESET)
     if args.config is not None:
         _layer_file(cfg, args.config)
 
@@ -158,10 +158,6 @@ def _layer_file(cfg: RunConfig, path: str) -> None:
     for section, values in (data or {}).items():
         for key, value in (values or {}).items():
             cfg.override(f"{section}.{key}", value)
-
-
-def _is_checkpoint(path: Path) -> bool:
-    return (path / "COMMIT").is_file() or (path.name.startswith("step-") and path.parent.name == "checkpoints")
 
 
 def _metavar(annotation: str) -> str:

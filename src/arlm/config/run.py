@@ -27,6 +27,7 @@ OPTIMIZERS = ("adamw", "adam", "muon")
 PRECISIONS = ("auto", "fp32", "bf16")
 DISTRIBUTED = ("ddp", "fsdp")
 TRACKERS = ("tensorboard", "wandb")  # train.tracker: "none" or a comma list of these
+MIN_KEEP_LAST = 2  # a corrupt newest checkpoint always has a committed one to fall back to
 
 
 @dataclass
@@ -98,6 +99,13 @@ class TrainConfig:
         if self.seed < 0:
             raise ConfigError(f"train.seed must be an integer in [0, 2**63), got {self.seed}")
         _positive(self, "sample_tokens")
+        if self.keep_last < MIN_KEEP_LAST:
+            raise ConfigError(
+                f"train.keep_last={self.keep_last}: keep at least {MIN_KEEP_LAST} checkpoints, so a corrupt "
+                "newest one always has a committed one to fall back to"
+            )
+        if not self.sample_prompt:
+            raise ConfigError("train.sample_prompt is empty; give at least one character (default '\\n')")
         for name in ("eval_every", "sample_every", "ckpt_every", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0 (0 disables it), got {getattr(self, name)}")
@@ -109,6 +117,9 @@ class TrainConfig:
                               f"takes), got {self.decay_fraction}")
         _choice(self, "precision", PRECISIONS)
         _choice(self, "distributed", DISTRIBUTED)
+        if self.precision == "bf16" and self.device in ("cpu", "mps"):  # "auto"/"cuda" are checked on the machine
+            raise ConfigError(f"train.precision='bf16' needs a CUDA device; train.device is {self.device!r}. "
+                              "Use precision auto (bf16 where supported, fp32 otherwise) or fp32")
         if self.distributed == "fsdp" and self.optimizer == "muon":
             raise ConfigError("train.optimizer=muon needs whole weight matrices, which train.distributed=fsdp "
                               "shards; use adamw or adam with fsdp, or muon with ddp")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 
 from ..config import ModelConfig
+from ..rundir import write_atomic
 
 # Dense bf16 peak FLOP/s by CUDA device name (vendor datasheets, without sparsity).
 PEAK_BF16_FLOPS = {
@@ -123,9 +123,7 @@ def truncate_metrics(path: str | Path, step: int) -> int:
             keep.append(line)
     dropped = len(lines) - len(keep)
     if dropped:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, "".join(l + "\n" for l in keep))
     return dropped
 
 

@@ -1,7 +1,9 @@
 """Where a training run writes and what it continues from: run-dir checks and resume planning.
 
-Everything here only reads (apart from removing stale temporary checkpoint folders), so the
-trainer can reject a bad ``--out`` / ``--resume`` before any work starts.
+Everything here only reads, so the trainer can reject a bad ``--out`` / ``--resume`` before any
+work starts, except what the one writer of the run folder (``writer=True``: the holder of its
+lock, rank 0 under torchrun) does before training: removing the temporary folders of a killed
+save, and setting aside the files of a run that never reached a checkpoint.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import ConfigError, RunConfig, all_keys
-from .checkpoint import (COMMIT, CheckpointError, committed_steps, latest_checkpoint, step_dirs,
-                         verify_checkpoint)
+from ..rundir import (COMMIT, CONFIG, CheckpointError, clean_stale, committed_steps, is_checkpoint_dir, is_run_dir,
+                      latest_checkpoint, read_config, step_dirs, verify_checkpoint)
+from ..rundir.layout import RUN_FILES, checkpoint_step
 from .extend import extension_start
 
 # Keys a resumed run may change: how long to train, how often to evaluate / sample / save, and
@@ -37,12 +40,6 @@ class RunPlan:
     run_dir: Path
     checkpoint: Path | None
     set_aside: list[Path] = field(default_factory=list)  # newer checkpoints moved aside before writing
-
-
-def is_run_dir(path: str | Path) -> bool:
-    """Whether ``path`` already holds an arlm run (config, metrics or checkpoints)."""
-    p = Path(path)
-    return p.is_dir() and any((p / n).exists() for n in ("config.yaml", "metrics.jsonl", "checkpoints"))
 
 
 def _get(cfg: RunConfig, key: str):
@@ -79,7 +76,7 @@ def merge_resume_config(saved: RunConfig, new: RunConfig | None) -> RunConfig:
 def _checkpoint_from_path(path: Path, log: Callable[[str], None]) -> Path:
     if not path.exists():
         raise CheckpointError(f"--resume {path}: no such checkpoint or run folder")
-    if (path / COMMIT).exists() or path.name.startswith("step-"):
+    if is_checkpoint_dir(path):
         verify_checkpoint(path)
         return path
     if is_run_dir(path):
@@ -101,19 +98,22 @@ def _set_aside(out: Path) -> Path:
         n += 1
     aside = out / f"restarted-{n}"
     aside.mkdir()
-    for name in ("config.yaml", "metrics.jsonl", "tokenizer.json", "latest", "checkpoints"):
+    for name in RUN_FILES:
         if (out / name).exists():
             (out / name).rename(aside / name)
     return aside
 
 
 def plan_run(cfg: RunConfig | None, out_dir: str | Path, resume: str | Path | None,
-             log: Callable[[str], None]) -> RunPlan:
+             log: Callable[[str], None], *, writer: bool = True) -> RunPlan:
     """Decide what ``train`` does with ``out_dir`` and ``resume``; raise before any work if it
-    would overwrite a run, resume from nothing, or resume with an incompatible config."""
+    would overwrite a run, resume from nothing, or resume with an incompatible config.
+    ``writer``: this process holds the run's lock, so it may tidy the folder (see the module doc)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder; choose a folder for the run")
+    if writer and out.is_dir():
+        clean_stale(out, log)
     if resume is None:
         if cfg is None:
             raise ConfigError("a config is needed to start a new run (only a resume can reuse the saved one)")
@@ -136,10 +136,12 @@ def plan_run(cfg: RunConfig | None, out_dir: str | Path, resume: str | Path | No
                 # stopped before its first save (or no checkpoint verifies): nothing to continue, so
                 # start over, keeping what the folder held aside instead of deleting it
                 if cfg is None:
-                    cfg = RunConfig.from_yaml(out / "config.yaml") if (out / "config.yaml").is_file() else None
+                    cfg = read_config(out / CONFIG) if (out / CONFIG).is_file() else None
                 if cfg is None:
                     raise ConfigError(f"--resume auto: {out} holds no committed checkpoint and no config.yaml; "
                                       "give --preset or --config to start over")
+                if not writer:  # rank 0 sets the files aside; this rank only needs the plan
+                    return RunPlan(cfg, out, None)
                 aside = _set_aside(out)
                 log(f"--resume auto: {out} holds no committed checkpoint (it stopped before its first save, or "
                     f"no checkpoint verifies); starting over, the earlier files are kept in {aside}")
@@ -152,7 +154,7 @@ def plan_run(cfg: RunConfig | None, out_dir: str | Path, resume: str | Path | No
         ckpt = _checkpoint_from_path(Path(resume), log)
 
     source_run = ckpt.parent.parent
-    ckpt_step = int(ckpt.name.split("-", 1)[1])
+    ckpt_step = checkpoint_step(ckpt)
     if out.exists() and out.resolve() == source_run.resolve():
         newer = []
         for step, path in step_dirs(out):
@@ -173,7 +175,7 @@ def plan_run(cfg: RunConfig | None, out_dir: str | Path, resume: str | Path | No
         )
 
     try:
-        saved = RunConfig.from_yaml(ckpt / "config.yaml")
+        saved = read_config(ckpt / CONFIG)
     except ConfigError as e:
-        raise CheckpointError(f"{ckpt / 'config.yaml'} is not a usable config: {e}") from None
+        raise CheckpointError(f"checkpoint {ckpt.name} has no usable config: {e}") from None
     return RunPlan(merge_resume_config(saved, cfg), out, ckpt, aside)

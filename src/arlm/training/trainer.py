@@ -23,6 +23,7 @@ from ..data import ChunkSampler, TokenSplits, align_data_config, open_training_d
 from ..evaluation import evaluate
 from ..generation import AutoregressiveWrapper
 from ..model import Transformer
+from ..rundir import training_lock, write_run_files
 from ..tokenizers import load_tokenizer
 from . import checkpoint as ckpt_io
 from . import distributed as ddp
@@ -42,7 +43,6 @@ from .trackers import check_trackers, open_trackers
 # A run stops with NonFiniteLossError after this many optimizer steps in a row were skipped
 # because the loss or the gradient norm was NaN/inf.
 MAX_CONSECUTIVE_SKIPS = 10
-MIN_KEEP_LAST = 2
 SAMPLE_TEMPERATURE = 0.8
 
 
@@ -86,7 +86,7 @@ def _prepare(cfg: RunConfig | None, out_dir, resume, log: Callable[[str], None])
         cfg.validate()
         _check_train_cfg(cfg)
         align_data_config(cfg.data, log)  # a prepared folder decides the tokenizer and split
-    plan = plan_run(cfg, out_dir, resume, log)
+    plan = plan_run(cfg, out_dir, resume, log, writer=ddp.from_env().is_main)
     cfg, resume_from = plan.cfg, plan.checkpoint
     cfg.validate()
     _check_train_cfg(cfg)
@@ -183,8 +183,7 @@ def _open_run_dir(plan: RunPlan, tokenizer, start_step: int, log: Callable[[str]
     metrics_path = run_dir / "metrics.jsonl"
     run_dir.mkdir(parents=True, exist_ok=True)
     set_aside_decay(run_dir, plan.set_aside, log)
-    plan.cfg.to_yaml(run_dir / "config.yaml")
-    tokenizer.save(run_dir / "tokenizer.json")
+    write_run_files(run_dir, config_yaml=plan.cfg.to_yaml(), tokenizer=tokenizer, log=log)
     if resume_from is not None and resume_from.parent.parent.resolve() == run_dir.resolve():
         dropped = truncate_metrics(metrics_path, start_step)
         if dropped:
@@ -320,9 +319,17 @@ def train(cfg: RunConfig | None, out_dir, resume=None, *, progress: bool = True,
     continues that checkpoint or run folder. On resume ``cfg`` may be None (use the saved config)
     or may change only the keys in ``resume.RESUMABLE_CHANGES``.
 
+    The run folder's lock is held throughout (by rank 0 under torchrun): a second trainer on the
+    same folder raises ``RunBusyError`` (a ``CheckpointError``) before anything is written.
+
     Raises ConfigError / DataError / CheckpointError before any work on bad input,
     NonFiniteLossError after ``MAX_CONSECUTIVE_SKIPS`` consecutive non-finite steps.
     """
+    with training_lock(out_dir, log, enabled=ddp.from_env().is_main):
+        return _train(cfg, out_dir, resume, progress=progress, log=log)
+
+
+def _train(cfg: RunConfig | None, out_dir, resume, *, progress: bool, log: Callable[[str], None]) -> TrainResult:
     t_start = time.perf_counter()
     plan, device, bf16, tokenizer, splits, state = _prepare(cfg, out_dir, resume, log)
     if state.step >= plan.cfg.train.max_steps:
@@ -372,10 +379,5 @@ class _NullWriter:
 
 
 def _check_train_cfg(cfg: RunConfig) -> None:
-    """Trainer-specific checks on top of ``cfg.validate()``."""
+    """Checks on top of ``cfg.validate()`` that depend on this machine, not on the config alone."""
     check_trackers(cfg)  # a missing extra is refused before any work
-    if cfg.train.keep_last < MIN_KEEP_LAST:
-        raise ConfigError(
-            f"train.keep_last={cfg.train.keep_last}: keep at least {MIN_KEEP_LAST} checkpoints, so a corrupt "
-            "newest one always has a committed one to fall back to"
-        )
