@@ -24,6 +24,7 @@ REQUIRED_FILES = ("model.safetensors", "optimizer.pt", "trainer_state.json", "rn
 RUN_FILES = (CONFIG, METRICS, TOKENIZER, LATEST, CHECKPOINTS)  # what makes a folder a run (and is set aside)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _SCRATCH_DIR = re.compile(r"^\.(tmp|trash)-step-(\d+)-(\d+)$")
+_SCRATCH_FILE = re.compile(r"^\..+\.tmp-(\d+)$")  # write_atomic's temporary files
 
 
 class CheckpointError(ValueError):
@@ -140,22 +141,27 @@ def latest_checkpoint(run_dir: str | Path, log: Callable[[str], None] = _stderr)
 
 
 def clean_stale(run_dir: str | Path, log: Callable[[str], None] = _stderr) -> list[Path]:
-    """Remove ``.tmp-*`` / ``.trash-*`` checkpoint folders left by a save that was killed; a folder
-    whose writer process is still alive is left alone. Returns the folders removed. Only the
-    trainer holding the run's lock calls this (readers never delete)."""
-    root = Path(run_dir) / CHECKPOINTS
+    """Remove what a killed writer left: ``checkpoints/.tmp-*`` / ``.trash-*`` folders of a save
+    and ``RUN/.NAME.tmp-PID`` files of an atomic write. Anything whose writer process is still
+    alive is left alone. Returns what was removed. Only the trainer holding the run's lock calls
+    this (readers never delete)."""
+    run_dir = Path(run_dir)
+    found = []
+    if (run_dir / CHECKPOINTS).is_dir():
+        found += [(p, int(m.group(3))) for p in (run_dir / CHECKPOINTS).iterdir()
+                  if (m := _SCRATCH_DIR.match(p.name)) and p.is_dir()]
+    if run_dir.is_dir():
+        found += [(p, int(m.group(1))) for p in run_dir.iterdir() if (m := _SCRATCH_FILE.match(p.name)) and p.is_file()]
     removed = []
-    if not root.is_dir():
-        return removed
-    for p in root.iterdir():
-        m = _SCRATCH_DIR.match(p.name)
-        if not m or not p.is_dir():
-            continue
-        pid = int(m.group(3))
+    for p, pid in found:
         if pid != os.getpid() and pid_alive(pid):
             continue
-        shutil.rmtree(p, ignore_errors=True)
-        log(f"removed {p}: an unfinished checkpoint save from an earlier process")
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            log(f"removed {p}: an unfinished checkpoint save from an earlier process")
+        else:
+            p.unlink(missing_ok=True)
+            log(f"removed {p}: an unfinished write from an earlier process")
         removed.append(p)
     return removed
 
