@@ -23,20 +23,24 @@ def _corpus(tmp_path: Path) -> Path:
     return path
 
 
-def _train(args: list[str], nproc: int | None) -> subprocess.CompletedProcess:
+def _train(args: list[str], nproc: int | None, ok: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if nproc:
         cmd = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m", "arlm", "train", *args]
     else:
         cmd = [sys.executable, "-m", "arlm", "train", *args]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    if ok:
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return r
 
 
+def _rows(run: Path) -> list[dict]:
+    return [r for r in (json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
 def _losses(run: Path) -> list[float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "loss" in r]
+    return [r["loss"] for r in _rows(run)]
 
 
 def test_ddp_two_ranks_equal_one_process_with_the_global_batch(tmp_path):
@@ -50,7 +54,10 @@ def test_ddp_two_ranks_equal_one_process_with_the_global_batch(tmp_path):
     # each rank sees its half of the same rows; averaged gradients equal the full batch's
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4
     # rank 0 alone wrote the run: one metrics line per step, one committed checkpoint set
-    assert (tmp_path / "ddp" / "latest").read_text().strip() == "step-12"
+    from arlm.rundir import committed_steps
+
+    assert [r["step"] for r in _rows(tmp_path / "ddp")] == list(range(1, 13))
+    assert committed_steps(tmp_path / "ddp") == [12] and not (tmp_path / "ddp" / ".lock").exists()
 
 
 def test_ddp_resume_continues_the_same_curve(tmp_path):
@@ -78,16 +85,31 @@ def test_fsdp_two_ranks_track_one_process_and_resume_across_modes(tmp_path):
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "fsdp")
     assert len(one) == len(two) == 10
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4
-    # the step-6 FSDP checkpoint continued under DDP (whole model, torch's optimizer layout):
-    # weights and the name-keyed Adam moments load into it, so the curve is the same
-    shutil.copytree(tmp_path / "fsdp", tmp_path / "mixed")
-    assert (tmp_path / "mixed" / "checkpoints" / "step-6").is_dir()
-    (tmp_path / "mixed" / "latest").write_text("step-6\n")
+    # the step-6 FSDP checkpoint continued under DDP (whole model, torch's optimizer layout) in a
+    # new folder: weights and the name-keyed Adam moments load into it, so steps 7-10 are the
+    # reference's (step 7 checks the weights, 8-10 the moments and the sampler position)
+    step6 = tmp_path / "fsdp" / "checkpoints" / "step-6"
     _train([*common, "--out", str(tmp_path / "mixed"), "--train.batch_size", "2", "--max-steps", "10",
-            "--resume", "auto"], 2)
-    mixed = _losses(tmp_path / "mixed")
-    assert len(mixed) == 10
-    assert max(abs(a - b) for a, b in zip(one, mixed)) < 1e-4
+            "--resume", str(step6)], 2)
+    mixed = _rows(tmp_path / "mixed")
+    assert [r["step"] for r in mixed] == [7, 8, 9, 10]
+    assert max(abs(a - r["loss"]) for a, r in zip(one[6:], mixed)) < 1e-4
+
+
+def test_a_locked_run_refuses_a_torchrun_job_without_hanging(tmp_path):
+    # rank 0 alone takes the lock; when it is refused, the job ends (the other rank, waiting for
+    # rank 0 to join the process group, is stopped by torchrun) and nothing is written
+    from arlm.rundir import RunLock
+
+    out = tmp_path / "run"
+    args = ["--preset", "tiny", "--data", str(_corpus(tmp_path)), "--no-progress", "--max-steps", "2",
+            "--train.batch_size", "2", "--out", str(out)]
+    with RunLock(out, log=lambda m: None):
+        r = _train(args, 2, ok=False)
+        assert r.returncode != 0 and f"{out} is being trained by pid {os.getpid()}" in r.stdout + r.stderr
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    _train(args, 2)  # released: the same job trains
+    assert len(_losses(out)) == 2
 
 
 def test_fsdp_refuses_muon():
