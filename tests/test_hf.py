@@ -252,8 +252,8 @@ def test_cli_convert_from_hf_gives_a_run_that_generates_evaluates_and_fine_tunes
     assert json.loads(text)["loss"] > 0
     rc, _, err = cli("train", "--out", out, "--resume", "auto", "--max-steps", "3", "--no-progress")
     assert rc == 0, err
-    assert (out / "latest").read_text().strip() == "step-3"
     tuned = load_run(out)
+    assert tuned.step == 3
     with torch.no_grad():
         assert max_diff(tuned.model(x), run.model(x)) > 0  # fine-tuning moved the weights
 
