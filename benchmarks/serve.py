@@ -5,9 +5,12 @@ of a decode step does not depend on the weights) on a loopback port; this proces
 concurrent clients (httpx, asyncio), each sending completion requests back to back. The same
 server code runs twice: batched (up to --max-batch sequences share each decode step) and one at
 a time (--max-batch 1, the others queue). Printed per client count: requests/s, latency
-p50/p90/p99 in ms, tokens/s, and the ratio batched / one-at-a-time.
+p50/p90/p99 in ms, tokens/s, model decode steps per request (max_tokens when nothing is
+shared: the machine-independent measure of batching), and the ratio batched / one-at-a-time.
+Both servers run at once and the runs alternate between them (medians of --repeats), so a
+busy machine hits both alike.
 
-  .venv/bin/python benchmarks/serve.py                   # 1, 8 and 32 clients, ~1-2 min on 2 cores
+  .venv/bin/python benchmarks/serve.py                   # 1, 8 and 32 clients, ~3 min on 2 cores
   .venv/bin/python benchmarks/serve.py --clients 1 8 --requests 48 --dim 256
 """
 
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -110,6 +114,13 @@ async def client_warmup(c, args) -> None:
         (await c.post("/v1/completions", json=dict(prompt="warm up", max_tokens=args.max_tokens))).raise_for_status()
 
 
+def model_steps(url: str) -> int:
+    """Decode steps the server's model has run so far (its /health counter)."""
+    import httpx
+
+    return httpx.get(url + "/health", timeout=30).json()["stats"]["steps"]
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] * 1000
@@ -118,7 +129,8 @@ def pct(xs: list[float], q: float) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--requests", type=int, default=None, help="requests per run (default: max(16, 2 x clients))")
+    p.add_argument("--requests", type=int, default=None, help="requests per run (default: max(32, 4 x clients))")
+    p.add_argument("--repeats", type=int, default=3, help="runs per mode and client count (median reported)")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--max-batch", type=int, default=32, help="batched server: sequences per step (default: 32)")
     p.add_argument("--dim", type=int, default=128)
@@ -134,25 +146,37 @@ def main() -> None:
         return serve_forever(args)
 
     print(f"model: byte vocab, dim {args.dim}, depth {args.depth}, context {args.context}; prompt ~27 tokens, "
-          f"max_tokens {args.max_tokens}, temperature 0.8; server threads {args.threads}; load {os.getloadavg()[0]:.1f}")
-    results = {}
-    for mode, max_batch in (("batched", args.max_batch), ("one-at-a-time", 1)):
-        proc, url = start_server(args, max_batch)
-        try:
-            for c in args.clients:
-                n = args.requests or max(16, 2 * c)
-                wall, lat, tokens = asyncio.run(load(url, c, n, args))
-                results[mode, c] = n / wall
-                print(f"{mode:>14} clients {c:3d}: {n / wall:7.2f} req/s  {tokens / wall:8.0f} tok/s  "
-                      f"latency p50 {pct(lat, 50):7.0f} ms  p90 {pct(lat, 90):7.0f} ms  p99 {pct(lat, 99):7.0f} ms",
+          f"max_tokens {args.max_tokens}, temperature 0.8; server threads {args.threads}; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    modes = (("batched", args.max_batch), ("one-at-a-time", 1))
+    servers = {mode: start_server(args, max_batch) for mode, max_batch in modes}
+    rates = {}
+    try:
+        for c in args.clients:
+            n = args.requests or max(32, 4 * c)
+            runs = {mode: [] for mode, _ in modes}
+            steps = {mode: 0 for mode, _ in modes}
+            for _ in range(args.repeats):  # alternate the two servers so load spikes hit both
+                for mode, _ in modes:
+                    before = model_steps(servers[mode][1])
+                    runs[mode].append(asyncio.run(load(servers[mode][1], c, n, args)))
+                    steps[mode] += model_steps(servers[mode][1]) - before
+            for mode, _ in modes:
+                rate = statistics.median(n / wall for wall, _, _ in runs[mode])
+                tok = statistics.median(t / wall for wall, _, t in runs[mode])
+                lat = [x for _, ls, _ in runs[mode] for x in ls]
+                rates[mode, c] = rate
+                print(f"{mode:>14} clients {c:3d}: {rate:7.2f} req/s  {tok:8.0f} tok/s  latency p50 {pct(lat, 50):7.0f} ms"
+                      f"  p90 {pct(lat, 90):7.0f} ms  p99 {pct(lat, 99):7.0f} ms  "
+                      f"{steps[mode] / (args.repeats * (n + 3)):5.1f} model steps/request ({args.repeats} x {n} requests)",
                       flush=True)
-        finally:
+    finally:
+        for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=30)
     for c in args.clients:
-        print(f"clients {c:3d}: batched / one-at-a-time requests/s = "
-              f"{results['batched', c] / results['one-at-a-time', c]:.2f}x")
-    print(f"load average at end: {os.getloadavg()[0]:.1f} (one run per row: re-run to see the spread)")
+        print(f"clients {c:3d}: batched / one-at-a-time requests/s = {rates['batched', c] / rates['one-at-a-time', c]:.2f}x")
+    print(f"load average at end: {os.getloadavg()[0]:.1f} (medians of {args.repeats} alternating runs)")
 
 
 if __name__ == "__main__":

@@ -67,9 +67,11 @@ class Engine:
 
     ``max_rows``: rows decoded together; ``max_waiting``: rows accepted beyond those before
     ``submit`` raises ``EngineFull``; ``window_s``: how long an idle worker waits after the first
-    arrival for others to share the first step. ``stats`` counts model steps and rows served."""
+    arrival for others to share the first step; ``rejoin_every``: steps a running batch takes
+    before rows that arrived meanwhile join it. ``stats`` counts model steps and rows served."""
 
-    def __init__(self, model, tokenizer, *, max_rows: int = 32, max_waiting: int = 64, window_s: float = 0.002):
+    def __init__(self, model, tokenizer, *, max_rows: int = 32, max_waiting: int = 64, window_s: float = 0.002,
+                 rejoin_every: int = 8):
         self.model, self.tokenizer = model, tokenizer
         self.context = model.cfg.max_seq_len
         self.max_rows, self.max_waiting, self.window_s = max_rows, max_waiting, window_s
@@ -79,6 +81,8 @@ class Engine:
         self.cond = threading.Condition()
         self.stats = dict(steps=0, prefills=0, rows=0, tokens=0, max_rows_in_step=0)
         self.arrivals = 0  # submissions so far: a batch is rebuilt when new rows came in
+        # a rebuild prefills every kept row again, so arrivals join at most every few steps
+        self.rejoin_every = rejoin_every
         self._stop = False
         self._thread = threading.Thread(target=self._work, name="arlm-serve-engine", daemon=True)
         self._thread.start()
@@ -171,7 +175,7 @@ class Engine:
             total = T
             stepper = Stepper(self.model, B, start if bool(start.any()) else None, need=T + steps)
             counts = self._counts(rows, ids, start)
-            for _ in range(steps):
+            for i in range(steps):
                 logits = stepper.logits(hist, total).float()  # (B, V)
                 tok = self._sample(rows, logits, counts)
                 self.stats["steps"] += 1
@@ -184,7 +188,8 @@ class Engine:
                     if not self._done(r):
                         self._advance(r, t)
                 live = sum(not self._done(r) for r in rows)
-                if live == 0 or (self.arrivals != arrivals and live < self.max_rows) or live <= B // 2:
+                joiners = self.arrivals != arrivals and live < self.max_rows and i + 1 >= self.rejoin_every
+                if live == 0 or joiners or live <= B // 2:
                     break  # rebuild: let waiting rows in, drop finished ones
 
     def _counts(self, rows: list[Row], ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor | None:
