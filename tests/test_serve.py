@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -265,6 +270,31 @@ def test_concurrent_requests_share_decode_steps(server, loaded):
     assert stats["max_rows_in_step"] >= 4
     # sharing steps does not change what each request gets
     assert texts == [library_text(loaded, p, max_new_tokens=16, temperature=0) for p in prompts]
+
+
+def test_arlm_serve_process_answers_and_stops_on_ctrl_c(run):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    p = subprocess.Popen([sys.executable, "-m", "arlm", "serve", str(run), "--port", str(port)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert p.poll() is None and time.time() < deadline, p.stderr.read() if p.poll() is not None else ""
+                time.sleep(0.1)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
+                       json=dict(messages=[{"role": "user", "content": "hi"}], max_tokens=5))
+        assert r.status_code == 200 and r.json()["model"] == "run"  # the run folder's name; its template
+    finally:
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+    assert "Traceback" not in err and "127.0.0.1" in err, err
 
 
 def test_serve_cli_refuses_bad_flags(tmp_path, run):
