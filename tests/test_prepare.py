@@ -74,6 +74,12 @@ def test_text_round_trip_across_shards(tmp_path, kind):
     assert len(raw) == 2 * 2000 and first.max() < meta["tokenizer"]["vocab_size"]
     if kind == "byte":
         assert meta["separator"]["byte"] == SEPARATOR_BYTE == first[np.flatnonzero(first == 255)[0]]
+        # a gzipped copy is the same documents, so the same shards
+        (tmp_path / "src.txt.gz").write_bytes(gzip.compress(src.read_bytes()))
+        prepare(tmp_path / "src.txt.gz", tmp_path / "gz", val_fraction=0.2, workers=1, doc_bytes=1000,
+                shard_tokens=2000, **QUIET)
+        for shard in splits["train"]["shards"] + splits["val"]["shards"]:
+            assert (tmp_path / "gz" / shard["file"]).read_bytes() == (tmp_path / "p" / shard["file"]).read_bytes()
 
 
 def test_workers_give_byte_identical_shards(tmp_path):
