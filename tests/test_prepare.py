@@ -274,3 +274,53 @@ def test_cli_prepare_then_train_and_errors(tmp_path, capsys):
     assert main(["prepare", str(src), "--out", str(tmp_path / "q"), "--workers", "0"]) == 2
     assert "--workers must be >= 1" in capsys.readouterr().err
     assert preparation.default_workers() >= 1
+
+
+# ---- document masking ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [dict(pos_emb="rotary"), dict(pos_emb="absolute"),
+                                     dict(pos_emb="none", pos_bias="alibi")])
+def test_document_mask_gives_each_document_its_solo_logits(options):
+    import torch
+
+    from arlm.config import ModelConfig
+    from arlm.data.dataset import document_positions
+    from arlm.model import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=50, dim=32, depth=2, heads=2, max_seq_len=32, **options)).eval()
+    model.init_weights(torch.Generator().manual_seed(0))
+    sep = 49
+    a, b, c = torch.randint(0, 49, (1, 7)), torch.randint(0, 49, (1, 9)), torch.randint(0, 49, (1, 4))
+    s = torch.tensor([[sep]])
+    window = torch.cat((a, s, b, s, c), dim=1)  # three packed documents, each ended by the separator
+    doc, pos = document_positions(window, sep)
+    assert doc.tolist() == [[0] * 8 + [1] * 10 + [2] * 4]
+    assert pos.tolist() == [list(range(8)) + list(range(10)) + list(range(4))]
+    with torch.no_grad():
+        packed = model(window, pos=pos, doc_ids=doc)
+        alone = [model(torch.cat((a, s), 1)), model(torch.cat((b, s), 1)), model(c)]
+        plain = model(window)
+    torch.testing.assert_close(packed, torch.cat(alone, dim=1), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(plain[:, 8:18], alone[1], atol=1e-3)  # without the mask they differ
+    with pytest.raises(ValueError, match="doc_ids"):
+        model(window, input_pos=0, cache=model.new_cache(1, 32), doc_ids=doc)
+
+
+def test_document_mask_trains_from_a_prepared_folder_only(tmp_path):
+    src = _source(tmp_path)
+    raw = _cfg(src, max_steps=2)
+    raw.data.document_mask = True
+    with pytest.raises(DataError, match="document_mask needs a prepared folder"):
+        train(raw, tmp_path / "raw", **QUIET)
+    assert not (tmp_path / "raw").exists()
+    data = tmp_path / "p"
+    prepare(src, data, doc_bytes=40, workers=1, **QUIET)  # documents of a line or two: many separators per window
+    masked = _cfg(data, max_steps=3, eval_every=0)
+    masked.data.document_mask = True
+    train(masked, tmp_path / "masked", **QUIET)
+    train(_cfg(data, max_steps=3, eval_every=0), tmp_path / "plain", **QUIET)
+    m, p = _losses(tmp_path / "masked"), _losses(tmp_path / "plain")
+    assert m[0][1] != p[0][1]  # the same batches, seen through the document mask
+    assert main(["eval", str(tmp_path / "masked"), "--max-batches", "1"]) == 0

@@ -39,6 +39,9 @@ class DataConfig:
     bpe_vocab_size: int = 4096
     val_fraction: float = 0.1  # the last fraction of the token stream, as nanoGPT
     seq_len: int | None = None  # None: model.max_seq_len
+    # prepared folders only: attention stays inside each document and positions restart after
+    # every separator, so a window of packed documents trains as if each stood alone
+    document_mask: bool = False
 
     def validate(self) -> None:
         _finite_and_in_range(self)

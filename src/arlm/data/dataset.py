@@ -53,6 +53,29 @@ def split_tokens(corpus: bytes, tokenizer, val_fraction: float, min_len: int) ->
     )
 
 
+def document_positions(ids: torch.Tensor, separator: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For windows of packed documents ids (B, T): (doc_ids, pos), both (B, T) int64.
+
+    A separator ends its document, so the token after it starts the next one: doc_ids counts the
+    separators before each token, and pos counts from its document's first token in the window.
+    """
+    is_sep = (ids == separator).long()
+    doc = torch.cumsum(is_sep, dim=1) - is_sep  # separators strictly before t
+    t = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    first = torch.ones_like(is_sep, dtype=torch.bool)
+    first[:, 1:] = doc[:, 1:] != doc[:, :-1]
+    start = torch.cummax(torch.where(first, t, torch.zeros_like(t)), dim=1).values  # (B, T)
+    return doc, t - start
+
+
+def document_inputs(ids: torch.Tensor, separator: int | None) -> dict:
+    """The model's ``doc_ids`` and ``pos`` inputs for packed documents, or {} when not masking."""
+    if separator is None:
+        return {}
+    doc, pos = document_positions(ids, separator)
+    return {"doc_ids": doc, "pos": pos}
+
+
 def _windows(tokens, starts: np.ndarray, seq_len: int) -> torch.Tensor:
     """Rows ``tokens[s : s + seq_len + 1]`` for each start, as int64.
 

@@ -23,6 +23,7 @@ class TrainingData(TokenSplits):
     tokenizer: object = None
     corpus_id: dict | None = None
     prepared: PreparedData | None = None
+    doc_separator: int | None = None  # the separator id when data.document_mask is on
 
 
 def align_data_config(data_cfg, log: Callable[[str], None] = print) -> None:
@@ -53,7 +54,14 @@ def open_training_data(data_cfg, seq_len: int, tokenizer=None) -> TrainingData:
     """
     path = data_cfg.path
     if path is not None and is_prepared(path):
-        return _open_prepared(Path(path), seq_len, tokenizer)
+        data = _open_prepared(Path(path), seq_len, tokenizer)
+        if data_cfg.document_mask:
+            data.doc_separator = int(data.prepared.meta["separator"]["id"])
+        return data
+    if data_cfg.document_mask:
+        raise DataError(f"data.document_mask needs a prepared folder (arlm prepare), whose separators mark the "
+                        f"documents; {path or 'the built-in corpus'} is raw text. Prepare it, or set "
+                        "data.document_mask false")
     if path is not None and looks_unfinished(Path(path).expanduser()):
         raise DataError(f"{path} holds token shards but no dataset.json: an arlm prepare that did not finish; "
                         "run arlm prepare again")

@@ -11,20 +11,23 @@ import torch
 import torch.nn.functional as F
 
 from ..data import DataError, eval_batches, is_prepared, load_corpus, open_training_data
+from ..data.dataset import document_inputs
 
 __all__ = ["evaluate", "evaluate_run"]
 
 
 @torch.no_grad()
 def evaluate(model, tokens: np.ndarray, seq_len: int, batch_size: int, max_batches: int | None,
-             bytes_per_token: float, *, autocast: contextlib.AbstractContextManager | None = None) -> dict:
+             bytes_per_token: float, *, autocast: contextlib.AbstractContextManager | None = None,
+             doc_separator: int | None = None) -> dict:
     """Next-token loss over consecutive windows of ``tokens`` (``data.eval_batches``).
 
     Returns ``dict(loss, bpb, ppl, tokens)``: loss in nats per token (the mean over every
     predicted token, not over batches), bits per byte = loss / ln 2 / bytes_per_token,
     perplexity per token = exp(loss), and how many tokens were scored. The model is put in eval
     mode for the duration and given back in the mode it had. ``autocast`` (e.g. a bf16 autocast
-    context) wraps each forward; the loss is computed in fp32 either way.
+    context) wraps each forward; the loss is computed in fp32 either way. ``doc_separator``:
+    packed documents are masked apart, as in training with data.document_mask.
     """
     if not bytes_per_token > 0:
         raise ValueError(f"bytes_per_token must be > 0, got {bytes_per_token}")
@@ -38,7 +41,7 @@ def evaluate(model, tokens: np.ndarray, seq_len: int, batch_size: int, max_batch
             batch = batch.to(device, non_blocking=True)
             inp, target = batch[:, :-1], batch[:, 1:]  # (B, T) each
             with autocast if autocast is not None else contextlib.nullcontext():
-                logits = model(inp)  # (B, T, V)
+                logits = model(inp, **document_inputs(inp, doc_separator))  # (B, T, V)
             loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="sum")
             total += loss.double()
             n += target.numel()
@@ -68,6 +71,7 @@ def evaluate_run(run, data_path=None, max_batches: int | None = None, *, batch_s
         data_cfg = cfg.data if data_path is None else replace(cfg.data, path=str(data_path))
         splits = open_training_data(data_cfg, seq_len, tokenizer=tok)
         tokens, bytes_per_token = splits.val, splits.val_bytes_per_token
+        separator = splits.doc_separator
     else:
         data = load_corpus(data_path)
         tokens = tok.encode_bytes(data)
@@ -77,8 +81,10 @@ def evaluate_run(run, data_path=None, max_batches: int | None = None, *, batch_s
                 f"seq_len + 1 = {seq_len + 1}; give more text"
             )
         bytes_per_token = len(data) / len(tokens)
+        separator = None  # raw text marks no documents
     device = next(run.model.parameters()).device
     ctx = None
     if device.type == "cuda" and cfg.train.precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
         ctx = torch.autocast("cuda", dtype=torch.bfloat16)
-    return evaluate(run.model, tokens, seq_len, batch_size, max_batches, bytes_per_token, autocast=ctx)
+    return evaluate(run.model, tokens, seq_len, batch_size, max_batches, bytes_per_token, autocast=ctx,
+                    doc_separator=separator)

@@ -92,10 +92,11 @@ class Context:
         return self.cache.forget[self.steps[step].kv_layer]
 
 
-def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -> Context:
+def make_context(model, slots, positions, start, cache, key_mask, kv_len=None, doc_ids=None) -> Context:
     """Everything the layers share: rotary tables, the mask (or the causal fast path), the
     position bias, and the left-padding rows. slots (T,) are internal rows incl. memory;
-    positions (T,) | (B, T) count from each row's first real token (memory first)."""
+    positions (T,) | (B, T) count from each row's first real token (memory first).
+    doc_ids (B, T): document of each row (uncached, no memory); a query sees its own document only."""
     M = model.num_memory_tokens
     qk_pos = model.rotary or model.polar  # rotary or polar tables, applied to queries and keys
     rope = qk_pos.table(positions) if qk_pos is not None else None
@@ -105,7 +106,8 @@ def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -
     P = model.kv_prefix
     ctx = Context(model._steps, model._first_attn_step, rope=rope, slots=slots,
                   kv_slots=slots + P if P else slots, pad=pad, cache=cache)
-    if not (model.needs_mask or cache is not None or start is not None or key_mask is not None):
+    if not (model.needs_mask or cache is not None or start is not None or key_mask is not None
+            or doc_ids is not None):
         return ctx  # fused causal SDPA, nothing materialised
     S = cache.slots - P if cache is not None else slots.shape[0]  # key rows after the P prefix columns
     if cache is not None and kv_len is not None:
@@ -128,6 +130,9 @@ def make_context(model, slots, positions, start, cache, key_mask, kv_len=None) -
         # (B, n) over caller slots 0..n-1 (uncached: the rows); memory and later slots stay visible
         km = F.pad(key_mask.bool(), (M, S - M - key_mask.shape[1]), value=True)  # (B, S)
         visible = visible & (km[:, None, :] | (kslots[None, :] == slots[:, None])[None])
+    if doc_ids is not None:
+        # packed documents: attention stays inside each one, as if it stood alone in the window
+        visible = visible & (doc_ids[:, :, None] == doc_ids[:, None, :])  # (B, T, S), S == T
     dist = None
     if model.pos_bias is not None or model.cfg.max_attend_past is not None or model.cfg.rel_proj_pos_bias:
         kpos = positions if cache is None else slot_positions(M, S, start, device)  # (S,) | (B, S)

@@ -255,7 +255,7 @@ class Transformer(nn.Module):
                 targets: torch.Tensor | None = None, loss_chunk: int | None = None, ignore_index: int = -100, *,
                 pos: torch.Tensor | None = None, embed_pos: torch.Tensor | None = None,
                 sum_embeds: torch.Tensor | None = None, prepend_embeds: torch.Tensor | None = None,
-                attn_record: list | None = None):
+                attn_record: list | None = None, doc_ids: torch.Tensor | None = None):
         """ids (B, T) -> logits (B, T, V), or final embeddings (B, T, C), or with ``targets``
         the mean next-token cross-entropy (see ``loss``).
 
@@ -283,8 +283,14 @@ class Transformer(nn.Module):
         absolute embedding (default: their rows' positions). sum_embeds (B, T, C): added to the
         token embeddings before the post-embedding norm. attn_record: a list that receives an
         ``AttnRecord`` per attention call (attention maps, QK-clip).
+        doc_ids (B, T): for packed documents (data.document_mask), the document of each token;
+        a token attends only to its own document (pass each document's positions as ``pos``).
+        No cache, memory tokens or prepend_embeds.
         """
         B, T = ids.shape
+        if doc_ids is not None and (cache is not None or self.num_memory_tokens or prepend_embeds is not None):
+            raise ValueError("doc_ids (document masking) is for uncached forwards without memory tokens or "
+                             "prepend_embeds")
         if cache is not None and input_pos is None:
             raise ValueError("cached forward needs input_pos (the cache slots of these tokens)")
         extras = not (pos is None and embed_pos is None and sum_embeds is None and prepend_embeds is None)
@@ -316,7 +322,7 @@ class Transformer(nn.Module):
             slots = torch.cat((mem, input_pos + M))
             positions = (torch.cat((mem, positions + M)) if positions.dim() == 1
                          else torch.cat((mem[None].expand(B, -1), positions + M), dim=1))
-        ctx = make_context(self, slots, positions, start, cache, key_mask, kv_len)
+        ctx = make_context(self, slots, positions, start, cache, key_mask, kv_len, doc_ids)
         if self.ff_deep_embed is not None:
             ctx.ff_deep = deep_embed_scales(self.ff_deep_embed, ids, self._ff_steps, x.shape[1] - T)
         x = self._blocks(x, ctx, return_attn_z_loss, attn_record)

@@ -8,20 +8,23 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.dataset import document_inputs
 from . import distributed as ddp
 from .device import autocast_ctx
 from .schedule import lr_at
 from .state import Session
 
 
-def forward_backward(model, micro_batches: list[torch.Tensor], bf16: bool, loss_chunk: int | None = 0) -> torch.Tensor:
+def forward_backward(model, micro_batches: list[torch.Tensor], bf16: bool, loss_chunk: int | None = 0,
+                     doc_separator: int | None = None) -> torch.Tensor:
     """Accumulate gradients over micro-batches (each (B, T+1)); returns the mean loss (0-dim).
 
     Each micro-batch's loss is divided by their number, so the gradient is that of the mean
     loss over all of them, the same as one batch of their concatenation. Under DDP only the
     last micro-batch all-reduces gradients. The model computes the loss itself (fp32, in
     ``loss_chunk`` rows at a time; see Transformer.loss), inside its forward, so DDP and
-    compile see one module call.
+    compile see one module call. ``doc_separator``: packed documents are masked apart
+    (data.document_mask; see ``document_positions``).
     """
     n = len(micro_batches)
     total = None
@@ -29,7 +32,8 @@ def forward_backward(model, micro_batches: list[torch.Tensor], bf16: bool, loss_
         device = batch.device
         with ddp.no_sync(model, last=i == n - 1):
             with autocast_ctx(device, bf16):
-                loss = model(batch[:, :-1], targets=batch[:, 1:], loss_chunk=loss_chunk)
+                loss = model(batch[:, :-1], targets=batch[:, 1:], loss_chunk=loss_chunk,
+                             **document_inputs(batch[:, :-1], doc_separator))
             (loss / n).backward()
         total = loss.detach() if total is None else total + loss.detach()
     return total / n
@@ -55,7 +59,7 @@ def train_step(s: Session) -> StepOutcome:
     for g in s.optimizer.param_groups:
         g["lr"] = lr
     batches = [_to_device(s.sampler.next_batch(), s.device) for _ in range(tc.grad_accum)]
-    loss_t = forward_backward(s.fwd, batches, s.bf16, tc.loss_chunk)
+    loss_t = forward_backward(s.fwd, batches, s.bf16, tc.loss_chunk, s.splits.doc_separator)
     norm_t = torch.nn.utils.clip_grad_norm_(s.params, s.clip)
     out_of_time = tc.max_minutes is not None and time.perf_counter() - s.state.session_start >= tc.max_minutes * 60
     # one host sync per step; under DDP one all-reduce makes every decision unanimous

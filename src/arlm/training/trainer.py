@@ -240,7 +240,8 @@ def run_eval(s: Session) -> None:
     tc, st, say = s.tc, s.state, s.progress.say
     with torch.random.fork_rng(devices=s.rng_devices):  # evaluation never moves the training RNG
         r = evaluate(s.model, s.splits.val, s.cfg.seq_len, tc.batch_size, tc.eval_batches,
-                     s.splits.val_bytes_per_token, autocast=autocast_ctx(s.device, s.bf16) if s.bf16 else None)
+                     s.splits.val_bytes_per_token, autocast=autocast_ctx(s.device, s.bf16) if s.bf16 else None,
+                     doc_separator=s.splits.doc_separator)
     # a non-finite validation is logged (and checkpointed) as null, as a non-finite training
     # loss is, and never becomes the best one; JSON has no NaN
     st.last_val = {"step": st.step, "val_loss": finite_or_none(r["loss"]), "val_bpb": finite_or_none(r["bpb"]),
