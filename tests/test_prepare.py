@@ -285,7 +285,7 @@ def test_document_mask_gives_each_document_its_solo_logits(options):
     import torch
 
     from arlm.config import ModelConfig
-    from arlm.data.dataset import document_positions
+    from arlm.data.dataset import document_inputs, document_positions
     from arlm.model import Transformer
 
     torch.manual_seed(0)
@@ -299,7 +299,7 @@ def test_document_mask_gives_each_document_its_solo_logits(options):
     assert doc.tolist() == [[0] * 8 + [1] * 10 + [2] * 4]
     assert pos.tolist() == [list(range(8)) + list(range(10)) + list(range(4))]
     with torch.no_grad():
-        packed = model(window, pos=pos, doc_ids=doc)
+        packed = model(window, **document_inputs(window, sep))  # what training and evaluation pass
         alone = [model(torch.cat((a, s), 1)), model(torch.cat((b, s), 1)), model(c)]
         plain = model(window)
     torch.testing.assert_close(packed, torch.cat(alone, dim=1), rtol=1e-5, atol=1e-5)
