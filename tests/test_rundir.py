@@ -311,3 +311,34 @@ def test_arlm_config_refuses_what_arlm_train_refuses(tmp_path, corpus, flags, me
     with pytest.raises(ConfigError, match=message.replace("'", ".").replace("[", r"\[")):
         train(cfg, out, **QUIET)
     assert not out.exists()
+
+
+# ---- one answer to "is this a run / a checkpoint" ------------------------------------------------------
+
+
+def test_generate_and_train_agree_on_what_is_a_checkpoint(tmp_path, corpus):
+    from arlm.cli.main import build_parser
+    from arlm.cli.train import resolve
+    from arlm.rundir import CheckpointError
+    from arlm.run import RunError, load_run
+
+    out = tmp_path / "run"
+    train(tiny_cfg(corpus, max_steps=4), out, **QUIET)
+    half = out / "checkpoints" / "step-9"  # a save that never committed
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"half")
+    stray = tmp_path / "step-3"  # named like a checkpoint, but not one: no COMMIT, not in a run
+    stray.mkdir()
+    with pytest.raises(RunError, match="step-9 is not usable: .* no COMMIT marker"):
+        load_run(half)
+    with pytest.raises(CheckpointError, match="step-9 has no COMMIT marker"):
+        train(None, tmp_path / "fork", resume=half, **QUIET)
+    with pytest.raises(RunError, match="step-3 is not a run folder"):
+        load_run(stray)
+    with pytest.raises(CheckpointError, match="step-3 is neither a checkpoint .* nor a run folder"):
+        train(None, tmp_path / "fork", resume=stray, **QUIET)
+    assert not (tmp_path / "fork").exists()
+    # `arlm train --resume CKPT` without --out continues in the checkpoint's run, and only there
+    for path, run_dir in ((half, out), (out / "checkpoints" / "step-4", out), (stray, stray)):
+        args, _ = build_parser().parse_known_args(["train", "--resume", str(path)])
+        assert resolve(args)[1] == run_dir

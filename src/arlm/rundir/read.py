@@ -56,8 +56,8 @@ def run_config(path: str | Path, log: Callable[[str], None] = _stderr) -> RunCon
     that checkpoint's own config, with a message. None when ``path`` holds no config at all.
     """
     path = Path(path)
-    if is_checkpoint_dir(path):
-        return read_config(path / CONFIG)
+    if is_checkpoint_dir(path):  # one without a config is no checkpoint: resume says why
+        return read_config(path / CONFIG) if (path / CONFIG).is_file() else None
     own = path / CONFIG
     ckpt = latest_checkpoint(path, log=lambda m: None) if path.is_dir() else None  # resume reports skips itself
     if ckpt is None:

@@ -15,12 +15,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import ConfigError, RunConfig
-from .checkpoint import CheckpointError, step_dirs, verify_checkpoint
+from ..rundir import CHECKPOINTS, CONFIG, METRICS, CheckpointError, read_config, step_dirs, verify_checkpoint
+from ..rundir.layout import checkpoint_step
 from .schedule import decay_start
-
-
-def _step(ckpt: Path) -> int:
-    return int(ckpt.name.split("-", 1)[1])
 
 
 def extension_start(run_dir: Path, latest: Path, cfg: RunConfig | None,
@@ -33,10 +30,10 @@ def extension_start(run_dir: Path, latest: Path, cfg: RunConfig | None,
     if cfg is None:
         return latest, []
     try:
-        saved = RunConfig.from_yaml(latest / "config.yaml").train
+        saved = read_config(latest / CONFIG).train
     except ConfigError:
         return latest, []  # plan_run reports the unusable config
-    old, new, at = saved.max_steps, cfg.train.max_steps, _step(latest)
+    old, new, at = saved.max_steps, cfg.train.max_steps, checkpoint_step(latest)
     if new <= old or saved.schedule != cfg.train.schedule:
         return latest, []
     if saved.schedule == "cosine":
@@ -75,10 +72,10 @@ def set_aside_decay(run_dir: Path, paths: list[Path], log: Callable[[str], None]
     while (run_dir / f"decayed-{n}").exists():
         n += 1
     aside = run_dir / f"decayed-{n}"
-    (aside / "checkpoints").mkdir(parents=True)
-    if (run_dir / "metrics.jsonl").is_file():
-        shutil.copy2(run_dir / "metrics.jsonl", aside / "metrics.jsonl")
+    (aside / CHECKPOINTS).mkdir(parents=True)
+    if (run_dir / METRICS).is_file():
+        shutil.copy2(run_dir / METRICS, aside / METRICS)
     for p in paths:
-        p.rename(aside / "checkpoints" / p.name)
+        p.rename(aside / CHECKPOINTS / p.name)
     log(f"moved {', '.join(p.name for p in paths)} (trained on the old decay) and a copy of metrics.jsonl to {aside}")
     return aside
