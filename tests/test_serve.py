@@ -249,6 +249,28 @@ def test_full_server_answers_429(run):
         s.close()
 
 
+def test_a_failing_step_is_a_500_and_the_server_goes_on(run):
+    r = load_run(run)
+    forward, calls = r.model.forward, []
+
+    def failing_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("simulated device failure")
+        return forward(*args, **kwargs)
+
+    r.model.forward = failing_once
+    s = Server(create_app(r.model, r.tokenizer, name="flaky"))
+    try:
+        bad = httpx.post(s.url + "/v1/completions", json=dict(prompt="a", max_tokens=3), timeout=60)
+        assert bad.status_code == 500 and "simulated device failure" in bad.json()["error"]["message"]
+        assert bad.json()["error"]["type"] == "server_error"
+        ok = httpx.post(s.url + "/v1/completions", json=dict(prompt="a", max_tokens=3), timeout=60)
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 3
+    finally:
+        s.close()
+
+
 # ---------------------------------------------------------------- batching
 
 
