@@ -16,7 +16,7 @@ def serve(args: argparse.Namespace) -> int:
 
     Concurrent requests are decoded together in shared steps (--max-batch sequences at once;
     --max-waiting more may queue, beyond that requests get 429). Binds 127.0.0.1 unless --host
-    says otherwise: the server has no authentication, so expose it only behind one.
+    says otherwise: the server has no authentication, so expose it only behind a proxy that has.
     Needs the 'serve' extra: pip install 'arlm[serve]'.
 
     examples:
