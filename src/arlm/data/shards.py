@@ -29,8 +29,7 @@ def shard_dtype(vocab_size: int) -> np.dtype:
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of the tokenizer's canonical JSON: equal exactly when the two encode alike."""
-    spec = json.loads(tokenizer.to_hf().to_str())
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return tokenizer.fingerprint
 
 
 def shard_name(split: str, index: int) -> str:

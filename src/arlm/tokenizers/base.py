@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import functools
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -82,20 +83,18 @@ class BaseTokenizer:
         """Text of ``ids``; bytes that are not valid UTF-8 become U+FFFD."""
         return self.token_bytes(ids).decode("utf-8", errors="replace")
 
-    def id_bytes(self) -> list[bytes]:
-        """The bytes each id stands for, in id order."""
-        return [self.token_bytes([i]) for i in range(self.vocab_size)]
+    def to_hf(self):
+        """The same tokenizer as a Hugging Face ``tokenizers.Tokenizer``."""
+        raise NotImplementedError
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """sha256 of the vocabulary: every id's bytes, in id order. Two tokenizers with the same
-        fingerprint give every id the same meaning, so their models' logits compare id by id
-        (contrastive and speculative decoding); equal sizes alone do not say that."""
-        h = hashlib.sha256(f"{self.vocab_size}\n".encode())
-        for b in self.id_bytes():
-            h.update(len(b).to_bytes(4, "little"))
-            h.update(b)
-        return h.hexdigest()
+        """sha256 of the canonical tokenizer.json (keys sorted): equal exactly when two tokenizers
+        have the same vocabulary and merges, so their ids mean the same text and they encode alike.
+        Models whose logits are compared id by id (contrastive, speculative decoding) and prepared
+        token shards check it; equal sizes alone say neither."""
+        spec = json.loads(self.to_hf().to_str())
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
     def stream_decoder(self) -> StreamDecoder:
         """A decoder for ids that arrive a few at a time (generation)."""

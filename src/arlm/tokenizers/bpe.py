@@ -80,9 +80,6 @@ class BPETokenizer(BaseTokenizer):
         hf.train_from_iterator(texts, trainer=trainer)
         return cls(hf)
 
-    def id_bytes(self) -> list[bytes]:
-        return list(self._bytes)
-
     def to_hf(self) -> tokenizers.Tokenizer:
         """The underlying Hugging Face tokenizer."""
         return self._hf

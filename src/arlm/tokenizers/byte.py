@@ -23,9 +23,6 @@ class ByteTokenizer(BaseTokenizer):
     def encode_bytes(self, data: bytes) -> np.ndarray:
         return np.frombuffer(bytes(data), dtype=np.uint8).astype(self.id_dtype)
 
-    def id_bytes(self) -> list[bytes]:
-        return [bytes([i]) for i in range(256)]
-
     def token_bytes(self, ids) -> bytes:
         return check_ids(ids, self.vocab_size).astype(np.uint8).tobytes()
 
