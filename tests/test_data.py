@@ -97,6 +97,21 @@ def test_split_is_deterministic_and_covers_every_token(tok):
     assert splits.val_bytes_per_token == pytest.approx(splits.val_bytes / len(splits.val))
 
 
+def test_split_byte_counts_are_the_original_bytes_when_bpe_replaces_some():
+    """Text that is not UTF-8: BPE reads each bad sequence as U+FFFD (3 bytes), but the splits
+    count the corpus's own bytes, and the validation bytes are exactly the corpus's tail."""
+    bad = b"".join(b"line %d caf\xe9 \xff\xfe end\n" % i if i % 3 else b"clean line %d\n" % i for i in range(400))
+    tok = BPETokenizer.train(bad, 300)
+    splits = split_tokens(bad, tok, val_fraction=0.1, min_len=9)
+    spans = tok.replaced_spans(bad)
+    assert splits.replaced_bytes == sum(e - s for s, e in spans) == 3 * 266  # \xe9, \xff, \xfe on 266 lines
+    assert splits.train_bytes + splits.val_bytes == len(bad)
+    tail = bad[len(bad) - splits.val_bytes:]
+    assert tail.decode("utf-8", "replace").encode() == tok.token_bytes(splits.val)
+    assert splits.val_bytes < len(tok.token_bytes(splits.val))  # each replaced byte grew to 3
+    assert split_tokens(TEXT, tok, val_fraction=0.1, min_len=9).replaced_bytes == 0
+
+
 def test_split_byte_counts_are_exact_for_bytes():
     splits = split_tokens(b"0123456789", ByteTokenizer(), val_fraction=0.3, min_len=2)
     assert (splits.train_bytes, splits.val_bytes) == (7, 3)

@@ -124,3 +124,35 @@ def test_load_run_errors(tmp_path, run_dir):
     (run_dir / "checkpoints" / "step-4" / "COMMIT").unlink()
     with pytest.raises(RunError, match="no committed checkpoint"):
         load_run(run_dir)
+
+
+def test_bits_per_byte_on_text_that_is_not_utf8_agree_between_training_and_eval_data(tmp_path, capsys):
+    """A BPE run on text with bytes that are not UTF-8: its validation (as the trainer logs it and
+    as `arlm eval` re-derives it) and `arlm eval --data` on the same text divide by the same
+    original bytes, so the same model and text give the same bits per byte."""
+    import json
+
+    from arlm.cli.main import main
+    from arlm.data import split_tokens
+
+    lines = write_corpus(tmp_path / "words.txt", n_bytes=24_000).read_bytes().split(b"\n")
+    corpus = b"\n".join(line + (b" \xff\xfe\xe9" if i % 4 == 0 else b"") for i, line in enumerate(lines))
+    (tmp_path / "bad.txt").write_bytes(corpus)
+    logged = []
+    cfg = tiny_cfg(tmp_path / "bad.txt", data=dict(tokenizer="bpe", bpe_vocab_size=300), eval_every=8, eval_batches=1000)
+    train(cfg, tmp_path / "run", progress=False, log=logged.append)
+    replaced = 3 * len(lines[::4])
+    assert any(f"{replaced:,} byte(s) of the corpus are not valid UTF-8" in m for m in logged), logged
+    run = load_run(tmp_path / "run")
+    split = evaluate_run(run)
+    val = [m for m in read_metrics(tmp_path / "run" / "metrics.jsonl") if "val_bpb" in m][-1]
+    assert val["val_bpb"] == pytest.approx(split["bpb"], rel=1e-6)
+    # the validation text as a file of its own: the same tokens, the same figure
+    splits = split_tokens(corpus, run.tokenizer, cfg.data.val_fraction, cfg.seq_len + 1)
+    (tmp_path / "val.bin.txt").write_bytes(corpus[len(corpus) - splits.val_bytes:])
+    assert main(["eval", str(tmp_path / "run"), "--data", str(tmp_path / "val.bin.txt"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    on_file = json.loads(out)
+    assert on_file["tokens"] == split["tokens"] and on_file["replaced_bytes"] > 0
+    assert on_file["bpb"] == pytest.approx(split["bpb"], rel=1e-9) and on_file["loss"] == pytest.approx(split["loss"])
+    assert f"{on_file['replaced_bytes']:,} byte(s) of {tmp_path / 'val.bin.txt'} are not valid UTF-8" in err

@@ -6,7 +6,7 @@ import argparse
 import json
 import math
 
-from .common import UsageError, check_device, out
+from .common import UsageError, check_device, note, out
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -49,6 +49,10 @@ def evaluate(args: argparse.Namespace) -> int:
     check_device(args.device)
     run = load_run(args.run, step=args.step, device=args.device)
     m = evaluate_run(run, data_path=args.data, max_batches=args.max_batches, batch_size=args.batch_size)
+    if m["replaced_bytes"]:  # stderr, so --json output stays one JSON object
+        from arlm.tokenizers import replaced_note
+
+        note(replaced_note(m["replaced_bytes"], args.data or "the run's corpus"))
     if args.json:
         out(json.dumps({"step": run.step, **{k: _plain(v) for k, v in m.items()}}))
         return 0

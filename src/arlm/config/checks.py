@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 from typing import Any
 
 
@@ -34,9 +35,14 @@ def _coerce(key: str, annotation: str, value: Any) -> Any:
         if base == "int":
             if isinstance(value, bool):
                 raise ValueError
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, float) and not value.is_integer():  # 2.5, nan and inf too
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            if isinstance(value, str) and "e" in value.lower():  # 1e3 is an integer, 2.5e0 and 1e999 are not
+                exact = decimal.Decimal(value.strip())
+                if not exact.is_finite() or exact != exact.to_integral_value():
+                    raise ValueError
+                return int(exact)
+            return int(value)
         if base == "float":
             if isinstance(value, bool):
                 raise ValueError
@@ -52,7 +58,7 @@ def _coerce(key: str, annotation: str, value: Any) -> Any:
                 return load_yaml_text(value, key)
             except ConfigError:
                 raise ValueError from None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, ArithmeticError):  # ArithmeticError: decimal's and int(inf)'s
         raise ConfigError(f"{key} must be of type {base}, got {value!r}") from None
     return value
 

@@ -41,12 +41,20 @@ def accelerator_memory() -> int:
         return 0
 
 
-def model_parts(m) -> list[tuple[str, int, tuple[str, ...]]]:
+def shape_parts(m) -> list[tuple[str, float, tuple[str, ...]]]:
+    """A cruder bound that reads only the sizes (not the layer layout, which is ``depth`` long):
+    the token embedding and at least one ``dim``-wide weight row per layer."""
+    return [("the token embedding", m.padded_vocab * m.embed_dim * FP32, ("model.vocab_size", "model.dim",
+                                                                          "model.emb_dim", "model.vocab_pad_multiple")),
+            ("the layers", m.depth * m.dim * FP32, ("model.depth", "model.dim"))]
+
+
+def model_parts(m) -> list[tuple[str, float, tuple[str, ...]]]:
     """(what, bytes, the fields that set its size) for the weights and tables a model builds."""
     E, C, D = m.embed_dim, m.dim, m.head_dim
     P = m.max_seq_len + m.num_memory_tokens  # positions the relative tables cover
-    shape = ("model.dim", "model.depth")
-    parts = [("the token embedding", m.padded_vocab * E * FP32, ("model.vocab_size", "model.dim", "model.emb_dim"))]
+    shape = ("model.dim", "model.depth", "model.layers")
+    parts = shape_parts(m)[:1]
     if not (m.tie_embedding or m.return_only_embed):
         parts.append(("the output head", m.num_output_heads * m.n_logits * C * FP32,
                       ("model.vocab_size", "model.logits_dim", "model.num_output_heads", "model.dim")))
@@ -60,10 +68,11 @@ def model_parts(m) -> list[tuple[str, int, tuple[str, ...]]]:
     types = m.layer_types
     n_attn, n_ff = types.count("a"), types.count("f")
     qkvo = C * D * (2 * m.heads + m.n_kv_heads) + m.heads * m.value_head_dim * (C + m.n_kv_heads)
-    parts.append(("the attention weights", n_attn * qkvo * FP32, shape + ("model.heads", "model.dim_head",
-                                                                          "model.layers")))
-    parts.append(("the feed-forward weights", n_ff * C * m.ff_inner_dim * (3 if m.ff_glu else 2) * FP32,
-                  shape + ("model.ff_mult", "model.layers")))
+    parts.append(("the attention weights", n_attn * qkvo * FP32,
+                  shape + ("model.heads", "model.dim_head", "model.kv_heads", "model.attn_value_dim_head")))
+    # in floats: dim * ff_mult may pass any integer (ff_mult 1e300)
+    parts.append(("the feed-forward weights", n_ff * float(C) * C * m.ff_mult * (3 if m.ff_glu else 2) * FP32,
+                  shape + ("model.ff_mult",)))
     if m.num_memory_tokens:
         parts.append(("the memory tokens", m.num_memory_tokens * C * FP32, ("model.num_memory_tokens",)))
     if m.attn_num_mem_kv:
@@ -75,7 +84,7 @@ def model_parts(m) -> list[tuple[str, int, tuple[str, ...]]]:
     return parts
 
 
-def run_parts(cfg) -> list[tuple[str, int, tuple[str, ...]]]:
+def run_parts(cfg) -> list[tuple[str, float, tuple[str, ...]]]:
     """The model's parts, their gradients, one micro-batch's saved activations and the sample."""
     m, t = cfg.model, cfg.train
     parts = model_parts(m)
@@ -90,7 +99,7 @@ def run_parts(cfg) -> list[tuple[str, int, tuple[str, ...]]]:
     return parts
 
 
-def check_memory(parts: list[tuple[str, int, tuple[str, ...]]], values: dict, subject: str = "the model") -> None:
+def check_memory(parts: list[tuple[str, float, tuple[str, ...]]], values: dict, subject: str = "the model") -> None:
     """ConfigError when the parts together exceed this machine's memory, naming the fields behind
     the largest part and their values (``values``: dotted key -> value). A model is built in host
     memory; training may also use the accelerators' memory, so its limit is both together."""
@@ -117,5 +126,5 @@ def values_of(obj, section: str) -> dict:
     return {f"{section}.{f.name}": getattr(obj, f.name) for f in dataclasses.fields(obj)}
 
 
-def _gib(n: int) -> str:
+def _gib(n: float) -> str:
     return f"{n / 2**30:,.1f} GiB" if n < 2**70 else f"{n / 2**30:.3g} GiB"

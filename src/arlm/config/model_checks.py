@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .checks import ConfigError, _choice, _finite_and_in_range, _positive
-from .memory import check_memory, model_parts, values_of
+from .memory import check_memory, model_parts, shape_parts, values_of
 
 NORMS = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm", "dynamic_tanh", "derf")
 POS_EMBS = ("absolute", "rotary", "polar", "scaled_sinusoidal", "none")
@@ -64,6 +64,8 @@ class ModelChecks:
                 )
         if self.ff_mult <= 0:
             raise ConfigError(f"model.ff_mult must be > 0, got {self.ff_mult}")
+        # sizes no machine holds are refused before any rule below lays out depth-long patterns
+        check_memory(shape_parts(self), values_of(self, "model"))
         _choice(self, "norm", NORMS)
         _choice(self, "pos_emb", POS_EMBS)
         _choice(self, "pos_bias", POS_BIASES)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from arlm.data.corpus import DataError
+from arlm.tokenizers.base import source_offset
 
 
 @dataclass
@@ -18,8 +19,9 @@ class TokenSplits:
 
     train: np.ndarray
     val: np.ndarray
-    train_bytes: int
+    train_bytes: int  # bytes of the corpus as it is on disk, so bits per byte never count a replacement
     val_bytes: int
+    replaced_bytes: int = 0  # corpus bytes the tokenizer read as U+FFFD (BPE on text that is not UTF-8)
 
     @property
     def val_bytes_per_token(self) -> float:
@@ -45,12 +47,10 @@ def split_tokens(corpus: bytes, tokenizer, val_fraction: float, min_len: int) ->
             f"(seq_len + 1), about {needed} tokens in all; use a bigger corpus, a smaller "
             "data.seq_len, or a larger data.val_fraction"
         )
-    return TokenSplits(
-        train=train,
-        val=val,
-        train_bytes=len(tokenizer.token_bytes(train)),
-        val_bytes=len(tokenizer.token_bytes(val)),
-    )
+    spans = tokenizer.replaced_spans(corpus)
+    train_bytes = source_offset(spans, len(tokenizer.token_bytes(train)))
+    return TokenSplits(train=train, val=val, train_bytes=train_bytes, val_bytes=len(corpus) - train_bytes,
+                       replaced_bytes=sum(end - start for start, end in spans))
 
 
 def document_positions(ids: torch.Tensor, separator: int) -> tuple[torch.Tensor, torch.Tensor]:

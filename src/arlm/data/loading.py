@@ -71,7 +71,7 @@ def open_training_data(data_cfg, seq_len: int, tokenizer=None) -> TrainingData:
         tokenizer = build_tokenizer(data_cfg.tokenizer, corpus, data_cfg.bpe_vocab_size)
     s = split_tokens(corpus, tokenizer, data_cfg.val_fraction, seq_len + 1)
     return TrainingData(train=s.train, val=s.val, train_bytes=s.train_bytes, val_bytes=s.val_bytes,
-                        tokenizer=tokenizer, corpus_id=corpus_id)
+                        replaced_bytes=s.replaced_bytes, tokenizer=tokenizer, corpus_id=corpus_id)
 
 
 def check_tokenizer(root: Path, meta: dict, tokenizer, whose: str = "this run's") -> None:

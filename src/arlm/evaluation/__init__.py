@@ -72,19 +72,23 @@ def evaluate_run(run, data_path=None, max_batches: int | None = None, *, batch_s
         splits = open_training_data(data_cfg, seq_len, tokenizer=tok)
         tokens, bytes_per_token = splits.val, splits.val_bytes_per_token
         separator = splits.doc_separator
+        replaced = splits.replaced_bytes
     else:
         data = load_corpus(data_path)
         tokens = tok.encode_bytes(data)
+        replaced = sum(end - start for start, end in tok.replaced_spans(data))
         if len(tokens) < seq_len + 1:
             raise DataError(
                 f"{data_path} has {len(tokens)} tokens, fewer than one evaluation window of "
                 f"seq_len + 1 = {seq_len + 1}; give more text"
             )
-        bytes_per_token = len(data) / len(tokens)
+        bytes_per_token = len(data) / len(tokens)  # the file's own bytes, as the trainer's split counts them
         separator = None  # raw text marks no documents
     device = next(run.model.parameters()).device
     ctx = None
     if device.type == "cuda" and cfg.train.precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
         ctx = torch.autocast("cuda", dtype=torch.bfloat16)
-    return evaluate(run.model, tokens, seq_len, batch_size, max_batches, bytes_per_token, autocast=ctx,
-                    doc_separator=separator)
+    result = evaluate(run.model, tokens, seq_len, batch_size, max_batches, bytes_per_token, autocast=ctx,
+                      doc_separator=separator)
+    result["replaced_bytes"] = replaced  # bytes of the corpus read as U+FFFD (BPE on text that is not UTF-8)
+    return result

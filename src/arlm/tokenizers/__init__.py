@@ -21,7 +21,14 @@ __all__ = [
     "StreamDecoder",
     "build_tokenizer",
     "load_tokenizer",
+    "replaced_note",
 ]
+
+
+def replaced_note(n: int, what: str) -> str:
+    """The line that says how many bytes of ``what`` BPE read as U+FFFD (text that is not UTF-8)."""
+    return (f"note: {n:,} byte(s) of {what} are not valid UTF-8; the BPE tokenizer reads each bad sequence "
+            "as U+FFFD (bits per byte still count the original bytes; use --tokenizer byte to keep every byte)")
 
 
 def build_tokenizer(kind: str, corpus: bytes, bpe_vocab_size: int) -> BaseTokenizer:

@@ -32,6 +32,21 @@ BYTE_TO_CHAR: list[str] = _byte_level_chars()
 CHAR_TO_BYTE: dict[str, int] = {c: b for b, c in enumerate(BYTE_TO_CHAR)}
 
 
+REPLACEMENT_BYTES = len("\ufffd".encode())  # U+FFFD is 3 bytes of UTF-8
+
+
+def source_offset(spans: list[tuple[int, int]], n: int) -> int:
+    """Where the first ``n`` bytes of repaired text end in the original bytes, when each span
+    (start, end) of the original became one U+FFFD. An offset inside a U+FFFD maps to its start."""
+    shift = 0  # original offset - repaired offset, before the current span
+    for start, end in spans:
+        at = start - shift  # the span's U+FFFD starts here in the repaired text
+        if n < at + REPLACEMENT_BYTES:
+            return min(n, at) + shift
+        shift += (end - start) - REPLACEMENT_BYTES
+    return n + shift
+
+
 def check_ids(ids, vocab_size: int) -> np.ndarray:
     """``ids`` (list, numpy array or 1-D tensor) as int64, or ValueError if any is out of range."""
     if hasattr(ids, "detach"):  # a torch tensor, possibly on an accelerator
@@ -78,6 +93,16 @@ class BaseTokenizer:
     def save(self, path: str | Path) -> Path:
         """Write a Hugging Face ``tokenizer.json`` to ``path``; returns the path."""
         raise NotImplementedError
+
+    def replaced_spans(self, data: bytes) -> list[tuple[int, int]]:
+        """(start, end) ranges of ``data`` that ``encode_bytes`` does not read as they are (BPE:
+        sequences that are not valid UTF-8, each read as U+FFFD); none for the byte tokenizer."""
+        return []
+
+    def source_bytes(self, data: bytes, text_bytes: int) -> int:
+        """How many bytes of ``data`` the first ``text_bytes`` bytes of its tokens stand for: the
+        same number unless bytes were replaced (bits per byte count the original bytes)."""
+        return source_offset(self.replaced_spans(data), text_bytes)
 
     def decode(self, ids) -> str:
         """Text of ``ids``; bytes that are not valid UTF-8 become U+FFFD."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -29,6 +31,29 @@ def text_chunks(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
         end = cut.start() if cut else len(text)
         yield text[start:end]
         start = end
+
+
+_SPANS = threading.local()
+
+
+def _record_replacement(err: UnicodeDecodeError) -> tuple[str, int]:
+    """A codecs error handler: "replace" (one U+FFFD per bad sequence) that also notes where."""
+    _SPANS.found.append((err.start, err.end))
+    return "\ufffd", err.end
+
+
+codecs.register_error("arlm-replace", _record_replacement)
+
+
+def utf8_text(data: bytes) -> tuple[str, list[tuple[int, int]]]:
+    """``data`` decoded as UTF-8, each bad sequence read as U+FFFD (``errors="replace"``), and the
+    (start, end) byte ranges that were replaced."""
+    _SPANS.found = []
+    try:
+        text = bytes(data).decode("utf-8", errors="arlm-replace")
+        return text, _SPANS.found
+    finally:
+        _SPANS.found = []
 
 
 class BPETokenizer(BaseTokenizer):
@@ -93,6 +118,9 @@ class BPETokenizer(BaseTokenizer):
         pieces = self._hf.encode_batch(chunks, add_special_tokens=False)
         parts = [np.asarray(p.ids, dtype=self.id_dtype) for p in pieces]
         return np.concatenate(parts) if parts else np.empty(0, dtype=self.id_dtype)
+
+    def replaced_spans(self, data: bytes) -> list[tuple[int, int]]:
+        return utf8_text(data)[1]
 
     def token_bytes(self, ids) -> bytes:
         table = self._bytes

@@ -24,7 +24,7 @@ from ..evaluation import evaluate
 from ..generation import AutoregressiveWrapper
 from ..model import Transformer
 from ..rundir import training_lock, write_run_files
-from ..tokenizers import load_tokenizer
+from ..tokenizers import load_tokenizer, replaced_note
 from . import checkpoint as ckpt_io
 from . import distributed as ddp
 from .checkpoint import CheckpointError
@@ -103,6 +103,8 @@ def _prepare(cfg: RunConfig | None, out_dir, resume, log: Callable[[str], None])
     # the one place the trainer opens its data: raw text (tokenized now) or prepared shards (memory-mapped)
     splits: TokenSplits = open_training_data(cfg.data, cfg.seq_len, tokenizer=saved_tokenizer)
     tokenizer, corpus_id = splits.tokenizer, splits.corpus_id
+    if splits.replaced_bytes:
+        log(replaced_note(splits.replaced_bytes, "the corpus"))
     if saved_tokenizer is None and tokenizer.kind == "bpe" and tokenizer.vocab_size < cfg.data.bpe_vocab_size:
         log(f"note: data.bpe_vocab_size={cfg.data.bpe_vocab_size}, but the corpus ran out of pairs to merge "
             f"at {tokenizer.vocab_size} tokens; the tokenizer and model.vocab_size use {tokenizer.vocab_size}")
