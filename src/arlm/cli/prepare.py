@@ -20,8 +20,10 @@ def prepare(args: argparse.Namespace) -> int:
     are byte-identical for the same source and options, whatever --workers. DIR appears only
     when everything is written; an interrupted run leaves nothing training would accept.
 
-    Then train with `arlm train --data DIR` (the folder's tokenizer and split are used) and
-    score with `arlm eval RUN --data DIR` (its validation split).
+    Text files are cut into documents of about --doc-bytes at line ends. Then train with
+    `arlm train --data DIR` (the folder's tokenizer and split are used; add
+    --data.document_mask true to keep attention inside each document) and score with
+    `arlm eval RUN --data DIR` (its validation split).
 
     examples:
       arlm prepare corpus.txt --out data/corpus
