@@ -63,6 +63,25 @@ def test_evaluate_is_the_mean_over_tokens_not_batches():
         evaluate(model, tokens, 8, 3, None, bytes_per_token=0)
 
 
+def test_evaluate_sums_the_models_own_loss_without_full_logits(monkeypatch):
+    """Large vocabulary: evaluation scores in row chunks (Transformer.forward(targets=...,
+    loss_reduction="sum")), equal to cross-entropy on the full logits, which are never built."""
+    from test_loss import LargestOutput
+
+    V = 8192
+    monkeypatch.setattr("arlm.model.loss.AUTO_CHUNK_ELEMENTS", 256 * V)  # 256-row chunks (the least)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=V, max_seq_len=32, dim=16, depth=1, heads=2))
+    tokens = np.random.default_rng(0).integers(0, V, size=32 * 24 + 1).astype(np.int64)  # 24 windows
+    with LargestOutput() as seen:
+        r = evaluate(model, tokens, seq_len=32, batch_size=16, max_batches=None, bytes_per_token=1.0)
+    assert seen.largest < 16 * 32 * V  # never one batch's (B, T, V) logits
+    with torch.no_grad():
+        windows = torch.from_numpy(tokens[np.arange(24)[:, None] * 32 + np.arange(33)])
+        ref = F.cross_entropy(model.eval()(windows[:, :-1]).flatten(0, 1), windows[:, 1:].flatten()).item()
+    assert r["tokens"] == 24 * 32 and r["loss"] == pytest.approx(ref, rel=1e-6)
+
+
 def test_evaluate_run_reproduces_the_trainers_validation(run_dir):
     run = load_run(run_dir)
     last = [r for r in read_metrics(run_dir / "metrics.jsonl") if "val_loss" in r][-1]

@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..data import DataError, eval_batches, is_prepared, load_corpus, open_training_data
 from ..data.dataset import document_inputs
@@ -41,8 +40,8 @@ def evaluate(model, tokens: np.ndarray, seq_len: int, batch_size: int, max_batch
             batch = batch.to(device, non_blocking=True)
             inp, target = batch[:, :-1], batch[:, 1:]  # (B, T) each
             with autocast if autocast is not None else contextlib.nullcontext():
-                logits = model(inp, **document_inputs(inp, doc_separator))  # (B, T, V)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="sum")
+                # the model's own loss: fp32, summed, in row chunks for large vocabularies (never the full logits)
+                loss = model(inp, targets=target, loss_reduction="sum", **document_inputs(inp, doc_separator))
             total += loss.double()
             n += target.numel()
     finally:

@@ -106,16 +106,23 @@ class AutoregressiveWrapper(nn.Module):
         xt_net = hasattr(self.net, "attn_qk_clip_")
         if return_outputs and xt_net:
             kw["return_intermediates"] = True
+        if not return_outputs:
+            kw["return_embeddings"] = True  # the loss comes from the final embeddings, below
         out = self.net(inp, **kw, **kwargs)
-        logits, aux = out if (z or (return_outputs and xt_net)) else (out, None)
+        y, aux = out if (z or (return_outputs and xt_net)) else (out, None)  # y: logits or final embeddings
         z_loss = (aux.attn_z_loss if xt_net else aux) if z else None
         inter = aux if xt_net else None
         if prepend_embeds is not None:
-            logits = logits[:, prepend_embeds.shape[1]:]
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=self.ignore_index)
+            y = y[:, prepend_embeds.shape[1]:]
+        if return_outputs:  # the caller wants the logits, so the loss may read them
+            loss = F.cross_entropy(y.flatten(0, 1).float(), target.flatten(), ignore_index=self.ignore_index)
+        else:
+            # the model's own loss (Transformer.loss, as forward(targets=...)): for a large
+            # vocabulary in row chunks, never the full fp32 (B, T, V) logits
+            loss = self.net.loss(y, target, ignore_index=self.ignore_index)
         if z_loss is not None:
             loss = loss + z_loss
-        return (loss, (logits, inter)) if return_outputs else loss
+        return (loss, (y, inter)) if return_outputs else loss
 
     def _prepare(self, prompts, prompt_lens, truncate_prompt: bool):
         """-> (ids (B, T) left-padded, start (B,) or None), validated and fitted to the context."""

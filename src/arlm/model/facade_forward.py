@@ -26,7 +26,7 @@ from .transformer import Transformer
 
 # Transformer.forward's own keywords: arlm's generation calls the wrapper with these directly
 NATIVE = frozenset(("input_pos", "cache", "start", "key_mask", "return_embeddings", "targets", "loss_chunk",
-                    "ignore_index"))
+                    "ignore_index", "loss_reduction"))
 
 SUPPORTED = ("mask", "key_mask", "pos", "prepend_embeds", "prepend_mask", "excise_prepend_embeds", "embed_ids",
              "sum_embeds", "cache", "input_not_include_cache", "cache_age", "seq_start_pos", "return_intermediates",

@@ -18,6 +18,7 @@ import torch
 CHUNK_FROM_VOCAB = 8192
 # logits per chunk when the size is left to the library: 2**25 fp32 values = 128 MiB
 AUTO_CHUNK_ELEMENTS = 2**25
+REDUCTIONS = ("mean", "sum")
 
 
 def auto_chunk_rows(vocab: int) -> int:
@@ -27,7 +28,7 @@ def auto_chunk_rows(vocab: int) -> int:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, targets, scale: float, chunk: int, ignore_index: int):
+    def forward(ctx, h, weight, targets, scale: float, chunk: int, ignore_index: int, reduction: str):
         # h (N, C), weight (V, C), targets (N,). Autocast is active here as in any forward, so
         # the matmuls run in its dtype; the softmax and the loss are fp32.
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -37,7 +38,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         w = weight.to(cdt)  # one cast for all chunks
         N = h.shape[0]
         valid = targets != ignore_index
-        count = valid.sum().clamp(min=1).float()
+        # "sum" (evaluation: totals over many batches) scales by 1, "mean" by the valid rows
+        count = valid.sum().clamp(min=1).float() if reduction == "mean" else torch.ones((), device=h.device)
         safe = targets.masked_fill(~valid, 0)
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         grad_h = torch.empty_like(h) if need_h else None
@@ -51,7 +53,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             picked = logits.gather(1, tc[:, None]).squeeze(1)
             loss += ((lse - picked) * vc).sum()
             if need_h or need_w:
-                # d(mean loss)/d(logits) = (softmax - onehot) / count on valid rows, 0 elsewhere
+                # d(loss)/d(logits) = (softmax - onehot) / count on valid rows (count 1 for a sum), 0 elsewhere
                 g = logits.sub_(lse[:, None]).exp_()
                 g.scatter_add_(1, tc[:, None], torch.full_like(lse[:, None], -1.0))
                 g = g.mul_((vc.float() * (scale / count))[:, None]).to(cdt)
@@ -68,17 +70,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
         gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
-        return gh, gw, None, None, None, None
+        return gh, gw, None, None, None, None, None
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float = 1.0,
-                         chunk: int = 4096, ignore_index: int = -100) -> torch.Tensor:
-    """Mean cross-entropy of ``softmax(scale * h @ weight.T)`` against ``targets`` over the rows
-    whose target is not ``ignore_index``; equals ``F.cross_entropy`` on the full logits (fp32)
-    in value and gradients. h (..., C), weight (V, C), targets (...) with the same leading dims."""
+                         chunk: int = 4096, ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of ``softmax(scale * h @ weight.T)`` against ``targets`` over the rows
+    whose target is not ``ignore_index``, their mean or (``reduction="sum"``) their sum; equals
+    ``F.cross_entropy`` on the full logits (fp32) in value and gradients.
+    h (..., C), weight (V, C), targets (...) with the same leading dims."""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 row, got {chunk}")
+    check_reduction(reduction)
     h2, t2 = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
     if h2.shape[0] != t2.shape[0]:
         raise ValueError(f"{h2.shape[0]} embedding rows but {t2.shape[0]} targets")
-    return _LinearCrossEntropy.apply(h2, weight, t2, float(scale), int(chunk), int(ignore_index))
+    return _LinearCrossEntropy.apply(h2, weight, t2, float(scale), int(chunk), int(ignore_index), reduction)
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")

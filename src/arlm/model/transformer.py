@@ -26,7 +26,7 @@ from .calls import call
 from .context import Context, make_context, plan_steps
 from .embedding import (MixtureOfSoftmax, deep_embed_scales, extra_embeddings, frac_gradient, next_embed_head,
                         sigsoftmax)
-from .loss import auto_chunk_rows, linear_cross_entropy
+from .loss import auto_chunk_rows, check_reduction, linear_cross_entropy
 from .norms import NORM_TYPES, make_norm
 from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPositionBias, Polar, Rotary,
                          ScaledSinusoidalEmbedding, T5RelativeBias)
@@ -252,7 +252,8 @@ class Transformer(nn.Module):
                 cache: KVCache | None = None, start: torch.Tensor | None = None,
                 key_mask: torch.Tensor | None = None, return_embeddings: bool = False,
                 return_attn_z_loss: bool = False, attn_z_loss_weight: float = 1e-4,
-                targets: torch.Tensor | None = None, loss_chunk: int | None = None, ignore_index: int = -100, *,
+                targets: torch.Tensor | None = None, loss_chunk: int | None = None, ignore_index: int = -100,
+                loss_reduction: str = "mean", *,
                 pos: torch.Tensor | None = None, embed_pos: torch.Tensor | None = None,
                 sum_embeds: torch.Tensor | None = None, prepend_embeds: torch.Tensor | None = None,
                 attn_record: list | None = None, doc_ids: torch.Tensor | None = None):
@@ -273,8 +274,9 @@ class Transformer(nn.Module):
         over heads, averaged over rows and positions (memory tokens' included), times
         ``attn_z_loss_weight`` (the x-transformers definition). Returns (output, z_loss).
         targets: (B, T) token ids to score the outputs against (``ignore_index`` rows skipped);
-        the output is then the fp32 mean loss, computed in chunks of ``loss_chunk`` rows without
-        the full logits (None: chunked only for vocabularies of 8192 and more; 0: never).
+        the output is then the fp32 mean loss (``loss_reduction="sum"``: the summed loss), computed
+        in chunks of ``loss_chunk`` rows without the full logits (None: chunked only for
+        vocabularies of 8192 and more; 0: never).
         With a cache, key_mask (B, n) covers cache slots 0..n-1 (n >= the last new slot + 1).
         Keyword-only inputs of the x-transformers facade (model/facade_forward.py):
         prepend_embeds (B, P, C): rows in front of the tokens' rows (after the embedding, before
@@ -305,7 +307,8 @@ class Transformer(nn.Module):
             if (self._lean_decode and start is None and key_mask is None and not extras
                     and (T == 1 or input_pos == 0)):
                 return self._lean_forward(ids, input_pos, cache, return_embeddings, return_attn_z_loss,
-                                          attn_z_loss_weight, targets, loss_chunk, ignore_index, attn_record)
+                                          attn_z_loss_weight, targets, loss_chunk, ignore_index, attn_record,
+                                          loss_reduction)
             input_pos = torch.arange(input_pos, kv_len, device=ids.device)
         if input_pos is None:
             input_pos = torch.arange(R, device=ids.device)
@@ -329,10 +332,11 @@ class Transformer(nn.Module):
         if M:
             x = x[:, M:]
         return self._finish(x, ctx, return_embeddings, return_attn_z_loss, attn_z_loss_weight, targets, loss_chunk,
-                            ignore_index)
+                            ignore_index, loss_reduction)
 
     def _lean_forward(self, ids, p: int, cache: KVCache, return_embeddings: bool, return_attn_z_loss: bool,
-                      attn_z_loss_weight: float, targets, loss_chunk, ignore_index, attn_record=None):
+                      attn_z_loss_weight: float, targets, loss_chunk, ignore_index, attn_record=None,
+                      loss_reduction="mean"):
         """The eager cached step without index tensors: tokens at slots p..p+T-1 of every row
         (T == 1, or a prefill from slot 0), no memory tokens, no mask-needing option."""
         T = ids.shape[1]
@@ -345,7 +349,7 @@ class Transformer(nn.Module):
             ctx.ff_deep = deep_embed_scales(self.ff_deep_embed, ids, self._ff_steps, 0)
         x = self._blocks(x, ctx, return_attn_z_loss, attn_record)
         return self._finish(x, ctx, return_embeddings, return_attn_z_loss, attn_z_loss_weight, targets, loss_chunk,
-                            ignore_index)
+                            ignore_index, loss_reduction)
 
     def _embed(self, ids, positions, sum_embeds=None, prepend_embeds=None):
         """ids (B, T) -> (B, T, C): token embedding, absolute positions (when the model has them),
@@ -391,7 +395,7 @@ class Transformer(nn.Module):
         return x
 
     def _finish(self, x, ctx: Context, return_embeddings: bool, return_attn_z_loss: bool, attn_z_loss_weight: float,
-                targets=None, loss_chunk=None, ignore_index=-100):
+                targets=None, loss_chunk=None, ignore_index=-100, loss_reduction="mean"):
         """Output soft-clamp, final norm, logits (or embeddings, or the loss) and the z-loss."""
         if self.cfg.softclamp_output:
             # soft-cap the residual stream before the final norm (Gemma 2)
@@ -402,7 +406,7 @@ class Transformer(nn.Module):
         if self.norm is not None:
             x = call(self.norm, x)
         if targets is not None:
-            out = self.loss(x, targets, loss_chunk, ignore_index)
+            out = self.loss(x, targets, loss_chunk, ignore_index, loss_reduction)
         else:
             out = x if return_embeddings else self.logits(x)
         if return_attn_z_loss:
@@ -440,10 +444,12 @@ class Transformer(nn.Module):
         return logits
 
     def loss(self, x: torch.Tensor, targets: torch.Tensor, chunk: int | None = None,
-             ignore_index: int = -100) -> torch.Tensor:
-        """Mean cross-entropy (fp32) of the logits of final embeddings x (..., C) against targets
-        (...). ``chunk`` rows at a time without materialising the logits (model/loss.py); None
-        picks by vocabulary size, 0 computes the full logits and calls F.cross_entropy."""
+             ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy (fp32) of the logits of final embeddings x (..., C) against targets
+        (...), the mean over scored rows or (``reduction="sum"``) their sum. ``chunk`` rows at a
+        time without materialising the logits (model/loss.py); None picks by vocabulary size, 0
+        computes the full logits and calls F.cross_entropy."""
+        check_reduction(reduction)
         if not self._linear_head:
             if self.output_heads is not None or self.cfg.return_only_embed or self.cfg.squeeze_out_last_dim:
                 raise ValueError("targets= needs one logits head over classes (this model has several heads, "
@@ -451,9 +457,10 @@ class Transformer(nn.Module):
             chunk = 0  # a mixture / sigsoftmax / custom head: the loss reads its full logits
         rows = auto_chunk_rows(self.cfg.padded_vocab) if chunk is None else chunk
         if rows == 0:
-            return F.cross_entropy(self.logits(x).float().flatten(0, -2), targets.flatten(), ignore_index=ignore_index)
+            return F.cross_entropy(self.logits(x).float().flatten(0, -2), targets.flatten(), ignore_index=ignore_index,
+                                   reduction=reduction)
         w, scale = (self.head.weight, 1.0) if self.head is not None else (self.token_emb.weight, self.tied_scale)
-        return linear_cross_entropy(x, w[: self.cfg.n_logits], targets, scale, rows, ignore_index)
+        return linear_cross_entropy(x, w[: self.cfg.n_logits], targets, scale, rows, ignore_index, reduction)
 
     def num_params(self, exclude_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
