@@ -1,19 +1,26 @@
-"""Quality parity: x-transformers and arlm trained alike on tinyshakespeare, validation losses printed.
+"""Quality: x-transformers and arlm trained alike on tinyshakespeare, validation losses and ratios printed.
 
-Same keyword arguments, seed, batches, optimizer and schedule for both. arlm starts from
-x-transformers' initial weights when ``arlm.export.x_transformers.convert_state_dict`` exists
-(so any difference is the implementations', not the inits'); ``--own-init`` (or no converter)
-gives each library its own initialisation after seeding with the same seed. Training steps
-alternate between the two, so machine load affects both alike. Byte-level tokens; the first 90%
-of the file trains, the last 10% validates (the same fixed validation batches for both).
+Same keyword arguments, seed, batches, optimizer and schedule for both libraries, at each width
+of ``--widths``; validation loss after each step count of ``--eval-at`` (points of one run whose
+schedule spans ``--steps``). ``--own-init`` gives each library its own initialisation (arlm: its
+``model.init`` default, or ``--arlm-init NAME``); without it arlm starts from x-transformers'
+initial weights (``arlm.export.x_transformers.convert_state_dict``), so any difference is the
+implementations'. Training steps alternate between the two libraries. Byte-level tokens; the
+first 90% of the file trains, the last 10% validates (the same fixed validation batches for both).
 
-  .venv/bin/python benchmarks/quality.py                      # ~2-4 minutes on 2 CPU cores
-  .venv/bin/python benchmarks/quality.py --data PATH --steps 300
+On one thread training is deterministic, so a library's numbers do not depend on what runs
+beside it: ``--lib`` trains one library only and ``--save FILE`` appends the results as JSON
+lines, so pieces of the table can run as separate processes; ``--table FILE ...`` prints the
+table from saved pieces.
+
+  .venv/bin/python benchmarks/quality.py --own-init      # the init table: widths 128/256/512, ~1 CPU-hour
+  .venv/bin/python benchmarks/quality.py --widths 128 --steps 300 --eval-at 300    # parity, ~3 minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -23,22 +30,36 @@ import numpy as np
 import torch
 
 DEFAULT_DATA = common.REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
-DECODER = dict(dim=128, depth=2, heads=4, attn_dim_head=32, rotary_pos_emb=True)
+LIBS = ("x-transformers", "arlm")
+
+
+def decoder_kwargs(dim: int, depth: int) -> dict:
+    return dict(dim=dim, depth=depth, heads=4, rotary_pos_emb=True)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"text file (default: {DEFAULT_DATA})")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--widths", type=int, nargs="+", default=[128, 256, 512], help="model widths (dim)")
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--steps", type=int, default=1000, help="training steps (the schedule's length)")
+    p.add_argument("--eval-at", type=int, nargs="+", default=[250, 1000], help="steps after which to validate")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-batches", type=int, default=16)
     p.add_argument("--own-init", action="store_true", help="each library's own init (same seed), not copied weights")
+    p.add_argument("--arlm-init", default=None, help="with --own-init: arlm's model.init scheme (default: its default)")
+    p.add_argument("--lib", choices=("both",) + LIBS, default="both", help="train both libraries or one")
+    p.add_argument("--save", type=Path, default=None, help="append results to this file as JSON lines")
+    p.add_argument("--table", type=Path, nargs="+", default=None, help="only print the table from saved results")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a busy 2-core machine two OpenMP threads run ~5-10x slower)")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if any(s < 1 or s > args.steps for s in args.eval_at):
+        p.error(f"--eval-at steps must be in [1, --steps={args.steps}]")
+    return args
 
 
 def lr_at(step: int, total: int, peak: float) -> float:
@@ -68,48 +89,40 @@ def val_loss(model, val: list[torch.Tensor]) -> float:
     return loss
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if not args.data.is_file():
-        print(f"quality.py: {args.data} not found; nothing to compare. Pass --data PATH to a text file "
-              "(tinyshakespeare: https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt)")
-        return 0
-    torch.set_num_threads(args.threads)
-    raw = np.frombuffer(args.data.read_bytes(), dtype=np.uint8)
-    split = int(len(raw) * 0.9)
-    train_tok, val_tok = raw[:split], raw[split:]
-
-    x_model, a_model, copied, how = common.build_pair(256, args.seq, DECODER, seed=args.seed)
-    if args.own_init and copied:
-        torch.manual_seed(args.seed)
+def build(args, dim: int):
+    """(models by library, how arlm was initialised)."""
+    x_model, a_model, copied, how = common.build_pair(256, args.seq, decoder_kwargs(dim, args.depth), seed=args.seed)
+    if args.own_init:
+        if args.arlm_init is not None:
+            a_model.net.cfg.init = args.arlm_init
+            a_model.net.cfg.validate()
+        # arlm's init from a generator seeded like x-transformers' global RNG
         a_model.net.init_weights(torch.Generator().manual_seed(args.seed))
-        copied, how = False, "each library's own init (arlm: init_weights with the same seed), --own-init"
+        how = f"each library's own init, same seed (arlm: model.init={a_model.net.cfg.init!r})"
+    elif not copied:
+        how += " (no converter: each library's own init)"
     models = {"x-transformers": x_model.train(), "arlm": a_model.train()}
+    keep = LIBS if args.lib == "both" else (args.lib,)
+    return {k: m for k, m in models.items() if k in keep}, how
+
+
+def train_width(args, dim: int, train_batches, val_batches) -> list[dict]:
+    models, how = build(args, dim)
+    print(f"\n## width {dim}: TransformerWrapper(num_tokens=256, max_seq_len={args.seq}, "
+          f"attn_layers=Decoder({', '.join(f'{k}={v}' for k, v in decoder_kwargs(dim, args.depth).items())}))")
+    print(f"init: {how}")
     # decay only matrices: x-transformers stores norm gains as (gain - 1), so decaying every
     # parameter would pull its gains towards 1 and arlm's towards 0, a difference of recipe, not of library
     opts = {k: torch.optim.AdamW([{"params": [p for p in m.parameters() if p.dim() >= 2], "weight_decay": 0.1},
                                   {"params": [p for p in m.parameters() if p.dim() < 2], "weight_decay": 0.0}],
                                  lr=args.lr, betas=(0.9, 0.99))
             for k, m in models.items()}
-    train_batches = batches(train_tok, args.seq, args.batch, args.steps, args.seed)
-    val_batches = batches(val_tok, args.seq, args.batch, args.eval_batches, args.seed + 1)
-
-    print(f"# quality parity: {common.describe_machine(torch.device('cpu'))}")
-    print(f"data: {args.data} ({len(raw):,} bytes; byte tokens; first 90% train, last 10% val)")
-    print(f"config (same kwargs for both): TransformerWrapper(num_tokens=256, max_seq_len={args.seq}, "
-          f"attn_layers=Decoder({', '.join(f'{k}={v}' for k, v in DECODER.items())}))")
-    print(f"init: {how}")
-    print(f"{args.steps} steps, batch {args.batch} x seq {args.seq}, AdamW lr {args.lr} (10% warmup, cosine to 10%), "
-          f"betas (0.9, 0.99), wd 0.1 on 2-D tensors, grad clip 1.0; val = {args.eval_batches} fixed batches")
     print("initial val loss: " + ", ".join(f"{k} {val_loss(m, val_batches):.4f}" for k, m in models.items()))
-
-    seconds = {k: 0.0 for k in models}
-    last = {k: float("nan") for k in models}
+    results, last = [], {k: float("nan") for k in models}
     t_start = time.perf_counter()
     for step, b in enumerate(train_batches):
         lr = lr_at(step, args.steps, args.lr)
         for k, m in models.items():
-            t0 = time.perf_counter()
             for group in opts[k].param_groups:
                 group["lr"] = lr
             loss = m(b)
@@ -117,17 +130,66 @@ def main(argv=None) -> int:
             torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
             opts[k].step()
             opts[k].zero_grad(set_to_none=True)
-            seconds[k] += time.perf_counter() - t0
             last[k] = loss.item()
-        if (step + 1) % 100 == 0 or step + 1 == args.steps:
-            print(f"step {step + 1:>4}: train loss " + ", ".join(f"{k} {v:.4f}" for k, v in last.items())
+        done = step + 1
+        if done % 100 == 0 or done in args.eval_at:
+            print(f"step {done:>4}: train loss " + ", ".join(f"{k} {v:.4f}" for k, v in last.items())
                   + f" ({time.perf_counter() - t_start:.0f} s)", flush=True)
+        if done in args.eval_at:
+            for k, m in models.items():
+                v = val_loss(m, val_batches)
+                results.append({"lib": k, "width": dim, "step": done, "val_loss": v, "init": how,
+                                "steps": args.steps, "lr": args.lr, "depth": args.depth, "seed": args.seed})
+                print(f"  step {done} {k:>14}: val loss {v:.4f} nats/byte ({v / math.log(2):.4f} bits/byte)",
+                      flush=True)
+    return results
 
-    final = {k: val_loss(m, val_batches) for k, m in models.items()}
-    for k in models:
-        print(f"{k:>14}: val loss {final[k]:.4f} nats/byte ({final[k] / math.log(2):.4f} bits/byte), "
-              f"train time {seconds[k]:.1f} s")
-    print(f"difference arlm - x-transformers: {final['arlm'] - final['x-transformers']:+.4f} nats/byte")
+
+def print_table(results: list[dict]) -> None:
+    """Validation loss per (width, step) for both libraries and the ratio arlm / x-transformers."""
+    by = {(r["width"], r["step"], r["lib"]): r["val_loss"] for r in results}
+    keys = sorted({(w, s) for w, s, _ in by})
+    print("\n| width | step | x-transformers | arlm | arlm / x-t |\n|---|---|---|---|---|")
+    worst = None
+    for w, s in keys:
+        x, a = by.get((w, s, "x-transformers")), by.get((w, s, "arlm"))
+        ratio = a / x if x is not None and a is not None else None
+        cell = lambda v: f"{v:.4f}" if v is not None else "-"  # noqa: E731
+        print(f"| {w} | {s} | {cell(x)} | {cell(a)} | {f'{ratio:.4f}' if ratio else '-'} |")
+        if ratio is not None:
+            worst = ratio if worst is None else max(worst, ratio)
+    if worst is not None:
+        print(f"highest ratio arlm / x-transformers: {worst:.4f} ({'never above 1' if worst <= 1 else 'above 1'})")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.table:
+        print_table([json.loads(line) for f in args.table for line in f.read_text().splitlines() if line.strip()])
+        return 0
+    if not args.data.is_file():
+        print(f"quality.py: {args.data} not found; nothing to compare. Pass --data PATH to a text file "
+              "(tinyshakespeare: https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt)")
+        return 0
+    torch.set_num_threads(args.threads)
+    raw = np.frombuffer(args.data.read_bytes(), dtype=np.uint8)
+    split = int(len(raw) * 0.9)
+    train_batches = batches(raw[:split], args.seq, args.batch, args.steps, args.seed)
+    val_batches = batches(raw[split:], args.seq, args.batch, args.eval_batches, args.seed + 1)
+
+    print(f"# quality: {common.describe_machine(torch.device('cpu'))}")
+    print(f"data: {args.data} ({len(raw):,} bytes; byte tokens; first 90% train, last 10% val)")
+    print(f"{args.steps} steps, batch {args.batch} x seq {args.seq}, AdamW lr {args.lr} (10% warmup, cosine to 10%), "
+          f"betas (0.9, 0.99), wd 0.1 on 2-D tensors, grad clip 1.0; val = {args.eval_batches} fixed batches "
+          f"after steps {', '.join(map(str, args.eval_at))}")
+    results = []
+    for dim in args.widths:
+        res = train_width(args, dim, train_batches, val_batches)
+        results += res
+        if args.save:
+            with args.save.open("a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in res)
+    print_table(results)
     return 0
 
 

@@ -249,6 +249,64 @@ def test_init_weights_is_reproducible_from_a_generator():
     assert not torch.equal(a.blocks[0].attn.qkv.weight, c.blocks[0].attn.qkv.weight)
 
 
+@pytest.mark.parametrize("scheme", ["scaled", "gpt2"])
+def test_init_schemes_set_the_stds_they_name(scheme):
+    """gpt2: N(0, init_std) everywhere, residual outputs / sqrt(2 depth); scaled: 1/sqrt(fan_in),
+    residual outputs / sqrt(2 depth), embedding sqrt(2 / dim), so its stds follow the width."""
+    import math
+
+    for dim in (64, 256):
+        depth = 2
+        net = Transformer(ModelConfig(vocab_size=512, max_seq_len=16, dim=dim, depth=depth, heads=4, init=scheme))
+        net.init_weights(torch.Generator().manual_seed(0))
+        b = net.blocks[0]
+        got = {"qkv": b.attn.qkv.weight, "attn.out": b.attn.out.weight, "ff.proj_in": b.ff.proj_in.weight,
+               "ff.proj_out": b.ff.proj_out.weight, "head": net.head.weight, "token_emb": net.token_emb.weight}
+        fan_in = {k: (w.shape[1] if k != "token_emb" else None) for k, w in got.items()}
+        for name, w in got.items():
+            w = w.detach()
+            if scheme == "gpt2":
+                want = 0.02
+            else:
+                want = math.sqrt(2 / dim) if name == "token_emb" else fan_in[name] ** -0.5
+            if name in ("attn.out", "ff.proj_out"):
+                want /= math.sqrt(2 * depth)
+            assert float(w.std()) == pytest.approx(want, rel=0.06), (scheme, dim, name)
+            assert abs(float(w.mean())) < 0.1 * want
+        assert torch.all(b.ff.proj_in.bias == 0) and torch.all(b.attn_norm.weight == 1)
+
+
+def test_init_is_scaled_by_default_and_gpt2_by_name():
+    assert ModelConfig().init == "scaled"
+    net = TransformerWrapper(num_tokens=V, max_seq_len=8, attn_layers=Decoder(dim=32, depth=1, heads=2))
+    assert net.cfg.init == "scaled"  # the x-transformers facade gets the default too
+    torch.manual_seed(0)
+    a = Transformer(ModelConfig(vocab_size=V, max_seq_len=8, dim=32, depth=1, heads=2, init="gpt2"))
+    torch.manual_seed(0)
+    b = Transformer(ModelConfig(vocab_size=V, max_seq_len=8, dim=32, depth=1, heads=2))
+    assert float(a.token_emb.weight.detach().std()) < 0.03 < float(b.token_emb.weight.detach().std())
+
+
+def test_init_config_round_trip_errors_and_old_configs():
+    from arlm.config import ConfigError, RunConfig
+    from arlm.training.resume import merge_resume_config
+
+    cfg = RunConfig.from_dict({"model": dict(init="gpt2", init_std=0.01)})
+    assert RunConfig.from_yaml(cfg.to_yaml()).model.init == "gpt2"
+    with pytest.raises(ConfigError, match=r"model.init='xavier' is not one of: scaled, gpt2"):
+        RunConfig.from_dict({"model": dict(init="xavier")}).validate()
+    with pytest.raises(ConfigError, match="model.init_std=0.01 is the std of model.init=gpt2"):
+        RunConfig.from_dict({"model": dict(init="scaled", init_std=0.01)}).validate()
+    # a config.yaml saved before model.init existed lists init_std but no init: its run used gpt2
+    old = RunConfig().to_dict()
+    del old["model"]["init"]
+    saved = RunConfig.from_dict(old)
+    assert saved.model.init == "gpt2" and RunConfig.from_dict({"model": {}}).model.init == "scaled"
+    # resuming it with today's preset keeps the run's own init (its weights come from the checkpoint)
+    merged = merge_resume_config(saved, RunConfig())
+    assert merged.model.init == "gpt2"
+
+
 def test_kv_cache_layout_and_reorder():
     model = make("rotary-gqa")
     cache = model.new_cache(3, 16)

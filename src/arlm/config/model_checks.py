@@ -15,6 +15,8 @@ NORMS = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm", "dynamic_tanh", 
 POS_EMBS = ("absolute", "rotary", "polar", "scaled_sinusoidal", "none")
 TOKEN_POS_EMBS = ("absolute", "scaled_sinusoidal", "none")
 POS_BIASES = ("none", "alibi", "t5", "dynamic")
+# weight initialisation schemes (model/init.py)
+INITS = ("scaled", "gpt2")
 FF_ACTIVATIONS = ("gelu", "swish", "relu_squared", "solu", "gelu_tanh", "relu", "mish", "tanh", "sigmoid", "softplus")
 
 # Fields that may take one value per sublayer: each only changes the module it builds (no cache
@@ -141,8 +143,13 @@ class ModelChecks:
             v = getattr(self, name)
             if not (0.0 <= v < 1.0):
                 raise ConfigError(f"model.{name} must be in [0, 1), got {v}")
+        _choice(self, "init", INITS)
         if self.init_std <= 0:
             raise ConfigError(f"model.init_std must be > 0, got {self.init_std}")
+        if self.init_std != 0.02 and self.init != "gpt2":
+            raise ConfigError(f"model.init_std={self.init_std} is the std of model.init=gpt2 (N(0, init_std)); "
+                              f"model.init={self.init} sets its stds from the width: set model.init gpt2 or leave "
+                              "model.init_std at 0.02")
         # last: the sizes are consistent now, so the estimate can read the layout
         check_memory(model_parts(self), values_of(self, "model"))
 

@@ -186,8 +186,13 @@ class RunConfig:
         unknown = set(d) - {"model", "data", "train"}
         if unknown:
             raise ConfigError(f"unknown config section(s) {sorted(unknown)}; allowed: model, data, train")
+        model = d.get("model")
+        if isinstance(model, dict) and "init_std" in model and "init" not in model:
+            # a config that names init_std but no scheme: written before model.init existed (every
+            # saved config.yaml lists every field), when the init was N(0, init_std), i.e. gpt2
+            model = {**model, "init": "gpt2"}
         return cls(
-            model=_build(ModelConfig, "model", d.get("model")),
+            model=_build(ModelConfig, "model", model),
             data=_build(DataConfig, "data", d.get("data")),
             train=_build(TrainConfig, "train", d.get("train")),
         )

@@ -13,7 +13,6 @@ occupy the first M rows/cache slots and tokens follow, so slot s of the caller i
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +25,7 @@ from .calls import call
 from .context import Context, make_context, plan_steps
 from .embedding import (MixtureOfSoftmax, deep_embed_scales, extra_embeddings, frac_gradient, next_embed_head,
                         sigsoftmax)
+from .init import embedding_std, linear_std
 from .loss import auto_chunk_rows, check_reduction, linear_cross_entropy
 from .norms import NORM_TYPES, make_norm
 from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPositionBias, Polar, Rotary,
@@ -176,13 +176,13 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """GPT-2 init: N(0, 0.02) weights, zero biases, norm gains at 1, and the residual output
-        projections scaled by 1/sqrt(number of residual branches) so the residual stream's
-        variance does not grow with depth. Option parameters start where their papers start
-        them (identity talking heads, unit scales, N(0, 1) memory)."""
-        cfg, std = self.cfg, self.cfg.init_std
+        """The ``model.init`` scheme (model/init.py: N(0, std) weights with a per-layer std; the
+        residual output projections scaled by 1/sqrt(number of residual branches) so the residual
+        stream's variance does not grow with depth), zero biases, norm gains at 1. Option
+        parameters start where their papers start them (identity talking heads, unit scales,
+        N(0, 1) memory). Deterministic from ``generator`` (or the global RNG)."""
+        cfg = self.cfg
         g = generator
-        out_std = std / math.sqrt(self.n_branches)
         # custom token_emb / to_logits modules keep the weights they came with
         custom = {id(sub) for root, on in ((self.token_emb, cfg.custom_token_emb), (self.head, cfg.custom_to_logits))
                   if on for sub in root.modules()}
@@ -190,7 +190,7 @@ class Transformer(nn.Module):
             if id(m) in custom:
                 continue
             if isinstance(m, nn.Linear):
-                s = out_std if name.endswith(("attn.out", "ff.proj_out")) else std
+                s = linear_std(cfg, name, m, self.n_branches)
                 # drawn in logical (row-major) order, so the same seed gives the same weights
                 # whatever the storage layout (see generation/cpu_layout.py)
                 w = m.weight
@@ -200,11 +200,11 @@ class Transformer(nn.Module):
                 if name.endswith("value_gate") or (cfg.zero_init_branch_output and name.endswith(("attn.out", "ff.proj_out"))):
                     m.weight.zero_()  # gates start at sigmoid(0) = 0.5; zero-init branches (Bachlechner et al. 2020, ReZero)
             elif isinstance(m, nn.Embedding):
-                s = std
+                s = embedding_std(cfg, m.embedding_dim)
                 if cfg.l2norm_embed and name in ("token_emb", "pos_emb.emb"):
                     s = 1e-5  # BlinkDL's small init for normalised embeddings, as x-transformers
                 elif self.pos_emb is not None and m is getattr(self.pos_emb, "emb", None):
-                    s = std / self.pos_emb.scale
+                    s /= self.pos_emb.scale
                 m.weight.normal_(0.0, s, generator=g)
             elif isinstance(m, nn.GRUCell):
                 bound = cfg.dim**-0.5

@@ -27,8 +27,9 @@ RESUMABLE_CHANGES = (
     "train.activation_checkpointing", "train.loss_chunk", "train.distributed",
     "train.tracker",
 )
-# Derived from the tokenizer, so whatever the new config says is ignored on resume.
-DERIVED_KEYS = ("model.vocab_size",)
+# Kept from the checkpoint, never compared: vocab_size comes from the tokenizer; model.init only
+# chose the step-0 weights, which a resumed run loads from the checkpoint instead
+DERIVED_KEYS = ("model.vocab_size", "model.init")
 
 
 @dataclass

@@ -1,0 +1,37 @@
+"""Weight initialisation schemes: ``model.init`` names one; ``Transformer.init_weights`` applies it.
+
+Dims: C model width (``dim``), fan_in a linear layer's input features, L residual branches
+(an attention and a feed-forward sublayer per block: 2 x depth).
+
+- ``gpt2``: every weight N(0, init_std) (0.02, GPT-2's choice for width 768, small for narrow
+  models), the residual output projections N(0, init_std / sqrt(L)) so the residual stream's
+  variance does not grow with depth. arlm's only init before ``model.init`` existed.
+- ``scaled`` (the default): width-aware. Linear weights N(0, 1/sqrt(fan_in)) (LeCun: unit-variance
+  outputs for unit-variance inputs, at every width), the residual output projections again
+  divided by sqrt(L) as gpt2 does, and the token embedding N(0, sqrt(2 / C)) (x-transformers'
+  Kaiming init: rows of norm ~sqrt(2) whatever the width). Chosen by measurement against
+  x-transformers' own init (PyTorch's U(+-1/sqrt(fan_in)) linears, Kaiming embedding):
+  benchmarks/quality.py --own-init.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+# names (suffixes) of the linear layers that write into the residual stream
+RESIDUAL_OUTPUTS = ("attn.out", "ff.proj_out")
+
+
+def linear_std(cfg, name: str, layer: nn.Linear, n_branches: int) -> float:
+    """The std of a linear layer's N(0, std) weight under ``cfg.init``."""
+    std = cfg.init_std if cfg.init == "gpt2" else layer.in_features**-0.5
+    if name.endswith(RESIDUAL_OUTPUTS):
+        std /= math.sqrt(n_branches)
+    return std
+
+
+def embedding_std(cfg, width: int) -> float:
+    """The std of an N(0, std) embedding table of rows of ``width`` under ``cfg.init``."""
+    return cfg.init_std if cfg.init == "gpt2" else math.sqrt(2.0 / width)
