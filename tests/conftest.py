@@ -79,3 +79,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def spawn_script(tmp_path, script, cfg, out, *extra):
+    """Run ``script`` (Python source) in a subprocess with ``cfg`` written as YAML and ``out``
+    as its arguments; one thread, stdout and stderr together."""
+    import subprocess
+    import sys
+    (tmp_path / "script.py").write_text(script)
+    cfg.to_yaml(tmp_path / "cfg.yaml")
+    return subprocess.Popen([sys.executable, str(tmp_path / "script.py"), str(tmp_path / "cfg.yaml"), str(out),
+                             *map(str, extra)], env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def wait_for(pred, proc, timeout=120):
+    """Poll ``pred`` until true; fail if ``proc`` ends first or the timeout passes."""
+    import time
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if proc.poll() is not None:
+            raise AssertionError(f"subprocess ended early ({proc.returncode}): {proc.stdout.read().decode()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("timed out waiting for the subprocess")
+        time.sleep(0.02)

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ from arlm.training import CheckpointError, latest_checkpoint, train, verify_chec
 from arlm.training import checkpoint as ck
 from arlm.training.checkpoint import REQUIRED_FILES
 from arlm.training.metrics import read_metrics
+from conftest import spawn_script, wait_for
 
 QUIET = dict(progress=False, log=lambda m: None)
 
@@ -325,30 +325,13 @@ train(RunConfig.from_yaml(sys.argv[1]), sys.argv[2], progress=False, log=lambda 
 """
 
 
-def _spawn(tmp_path, script, cfg, out, *extra):
-    (tmp_path / "script.py").write_text(script)
-    cfg.to_yaml(tmp_path / "cfg.yaml")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, str(tmp_path / "script.py"), str(tmp_path / "cfg.yaml"), str(out),
-                             *map(str, extra)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def _wait_for(pred, proc, timeout=90):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if proc.poll() is not None:
-            raise AssertionError(f"subprocess ended early ({proc.returncode}): {proc.stdout.read().decode()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("timed out waiting for the subprocess")
-        time.sleep(0.02)
 
 
 def test_sigterm_checkpoints_and_resume_continues_the_curve(tmp_path, corpus):
     cfg = tiny_cfg(corpus, model=DROPOUT, max_steps=40, ckpt_every=0, eval_every=10)
     out = tmp_path / "run"
-    proc = _spawn(tmp_path, _SIGTERM_SCRIPT, cfg, out)
-    _wait_for(lambda: len(losses(out)) >= 3 if (out / "metrics.jsonl").exists() else False, proc)
+    proc = spawn_script(tmp_path, _SIGTERM_SCRIPT, cfg, out)
+    wait_for(lambda: len(losses(out)) >= 3 if (out / "metrics.jsonl").exists() else False, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM, proc.stdout.read().decode()
     ckpt = latest_checkpoint(out)
@@ -364,8 +347,8 @@ def test_sigterm_checkpoints_and_resume_continues_the_curve(tmp_path, corpus):
 def test_sigkill_during_save_resumes_from_previous_checkpoint(tmp_path, corpus):
     cfg = tiny_cfg(corpus, model=DROPOUT, max_steps=12)
     out, marker = tmp_path / "run", tmp_path / "saving"
-    proc = _spawn(tmp_path, _SIGKILL_SCRIPT, cfg, out, marker)
-    _wait_for(marker.exists, proc)
+    proc = spawn_script(tmp_path, _SIGKILL_SCRIPT, cfg, out, marker)
+    wait_for(marker.exists, proc)
     proc.kill()
     proc.wait(timeout=30)
     root = out / "checkpoints"

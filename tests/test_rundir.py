@@ -7,7 +7,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from arlm.rundir import (CONFIG, LOCK, RunBusyError, RunLock, latest_checkpoint,
                          write_atomic)
 from arlm.training import train
 from arlm.training.metrics import read_metrics
+from conftest import spawn_script, wait_for
 
 QUIET = dict(progress=False, log=lambda m: None)
 
@@ -105,32 +105,15 @@ train(RunConfig.from_yaml(sys.argv[1]), sys.argv[2], progress=False, log=lambda 
 """
 
 
-def _spawn(tmp_path, script, cfg, out, *extra):
-    (tmp_path / "script.py").write_text(script)
-    cfg.to_yaml(tmp_path / "cfg.yaml")
-    return subprocess.Popen([sys.executable, str(tmp_path / "script.py"), str(tmp_path / "cfg.yaml"), str(out),
-                             *map(str, extra)], env=dict(os.environ, OMP_NUM_THREADS="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def _wait_for(pred, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if proc.poll() is not None:
-            raise AssertionError(f"subprocess ended early ({proc.returncode}): {proc.stdout.read().decode()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("timed out waiting for the subprocess")
-        time.sleep(0.02)
 
 
 def test_a_second_trainer_is_refused_and_the_first_run_finishes_intact(tmp_path, corpus):
     cfg = tiny_cfg(corpus, max_steps=8)
     out, hold = tmp_path / "run", tmp_path / "hold"
     hold.write_text("")
-    proc = _spawn(tmp_path, _HELD_SCRIPT, cfg, out, hold)
+    proc = spawn_script(tmp_path, _HELD_SCRIPT, cfg, out, hold)
     try:
-        _wait_for(lambda: len(losses(out)) >= 2, proc)
+        wait_for(lambda: len(losses(out)) >= 2, proc)
         # the README's command while the first trainer is between steps 2 and 3 (no checkpoint yet,
         # so an unguarded resume would set its files aside and start over beside it)
         rc, _, err = cli("train", "--out", out, "--resume", "auto", "--no-progress")
@@ -243,8 +226,8 @@ def test_a_kill_while_config_yaml_is_written_loses_nothing(tmp_path, corpus):
     out, marker = tmp_path / "run", tmp_path / "writing"
     train(tiny_cfg(corpus, max_steps=4), out, **QUIET)
     old = (out / CONFIG).read_bytes()
-    proc = _spawn(tmp_path, _KILLED_WRITE_SCRIPT, tiny_cfg(corpus, max_steps=8), out, marker)
-    _wait_for(marker.exists, proc)
+    proc = spawn_script(tmp_path, _KILLED_WRITE_SCRIPT, tiny_cfg(corpus, max_steps=8), out, marker)
+    wait_for(marker.exists, proc)
     proc.kill()
     proc.wait(timeout=30)
     assert (out / CONFIG).read_bytes() == old and scratch(out) == [f".config.yaml.tmp-{proc.pid}"]
