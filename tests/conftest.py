@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,7 @@ def wait_for(pred, proc, timeout=120):
             proc.kill()
             raise AssertionError("timed out waiting for the subprocess")
         time.sleep(0.02)
+
+
+# torchrun ships with torch; found beside this interpreter first (a venv's bin/), else on PATH
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")

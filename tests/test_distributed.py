@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TORCHRUN
 
 pytestmark = pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None
                                 and shutil.which("torchrun") is None, reason="torchrun not installed with torch")
 
-TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 
 
 def _corpus(tmp_path: Path) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_corpus
+from conftest import TORCHRUN, write_corpus
 
 from arlm.cli.main import main
 from arlm.config import RunConfig
@@ -242,10 +242,8 @@ def test_training_from_shards_resumes_exactly_and_refuses_another_tokenizer(tmp_
     assert main(["eval", str(tmp_path / "full")]) == 2  # its own validation split is that folder too
 
 
-TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 
 
-@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed with torch")
 def test_ddp_ranks_share_the_batches_from_shards(tmp_path):
     data = tmp_path / "p"
     prepare(_source(tmp_path), data, doc_bytes=1000, shard_tokens=700, workers=1, **QUIET)

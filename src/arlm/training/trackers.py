@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..config.run import tracker_names
+from ..rundir.atomic import write_atomic
 
 TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard/events.out.tfevents.*
 WANDB_ID_FILE = "wandb.json"  # RUN/wandb.json: {"id", "project"} of the W&B run this run logs to
@@ -94,9 +95,7 @@ class WandbTracker:
         saved = _read_id_file(id_file) if start_step > 0 else {}
         run_id = saved.get("id") or secrets.token_hex(6)
         project = saved.get("project") or os.environ.get("WANDB_PROJECT") or WANDB_DEFAULT_PROJECT
-        tmp = id_file.with_name(f".{id_file.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"id": run_id, "project": project}) + "\n", encoding="utf-8")
-        os.replace(tmp, id_file)
+        write_atomic(id_file, json.dumps({"id": run_id, "project": project}) + "\n")
         try:
             self._run = wandb.init(
                 project=project, id=run_id, name=run_dir.name, config=cfg.to_dict(), resume="allow",
