@@ -55,7 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--table", type=Path, nargs="+", default=None, help="only print the table from saved results")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a busy 2-core machine two OpenMP threads run ~5-10x slower)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="training seeds (init and batch order); the table averages over them")
+    p.add_argument("--val-seed", type=int, default=1, help="seed of the fixed validation batches (the same for every seed)")
     args = p.parse_args(argv)
     if any(s < 1 or s > args.steps for s in args.eval_at):
         p.error(f"--eval-at steps must be in [1, --steps={args.steps}]")
@@ -89,15 +91,15 @@ def val_loss(model, val: list[torch.Tensor]) -> float:
     return loss
 
 
-def build(args, dim: int):
+def build(args, dim: int, seed: int):
     """(models by library, how arlm was initialised)."""
-    x_model, a_model, copied, how = common.build_pair(256, args.seq, decoder_kwargs(dim, args.depth), seed=args.seed)
+    x_model, a_model, copied, how = common.build_pair(256, args.seq, decoder_kwargs(dim, args.depth), seed=seed)
     if args.own_init:
         if args.arlm_init is not None:
             a_model.net.cfg.init = args.arlm_init
             a_model.net.cfg.validate()
         # arlm's init from a generator seeded like x-transformers' global RNG
-        a_model.net.init_weights(torch.Generator().manual_seed(args.seed))
+        a_model.net.init_weights(torch.Generator().manual_seed(seed))
         how = f"each library's own init, same seed (arlm: model.init={a_model.net.cfg.init!r})"
     elif not copied:
         how += " (no converter: each library's own init)"
@@ -106,9 +108,9 @@ def build(args, dim: int):
     return {k: m for k, m in models.items() if k in keep}, how
 
 
-def train_width(args, dim: int, train_batches, val_batches) -> list[dict]:
-    models, how = build(args, dim)
-    print(f"\n## width {dim}: TransformerWrapper(num_tokens=256, max_seq_len={args.seq}, "
+def train_width(args, dim: int, seed: int, train_batches, val_batches) -> list[dict]:
+    models, how = build(args, dim, seed)
+    print(f"\n## width {dim}, seed {seed}: TransformerWrapper(num_tokens=256, max_seq_len={args.seq}, "
           f"attn_layers=Decoder({', '.join(f'{k}={v}' for k, v in decoder_kwargs(dim, args.depth).items())}))")
     print(f"init: {how}")
     # decay only matrices: x-transformers stores norm gains as (gain - 1), so decaying every
@@ -139,27 +141,37 @@ def train_width(args, dim: int, train_batches, val_batches) -> list[dict]:
             for k, m in models.items():
                 v = val_loss(m, val_batches)
                 results.append({"lib": k, "width": dim, "step": done, "val_loss": v, "init": how,
-                                "steps": args.steps, "lr": args.lr, "depth": args.depth, "seed": args.seed})
+                                "steps": args.steps, "lr": args.lr, "depth": args.depth, "seed": seed})
                 print(f"  step {done} {k:>14}: val loss {v:.4f} nats/byte ({v / math.log(2):.4f} bits/byte)",
                       flush=True)
     return results
 
 
 def print_table(results: list[dict]) -> None:
-    """Validation loss per (width, step) for both libraries and the ratio arlm / x-transformers."""
-    by = {(r["width"], r["step"], r["lib"]): r["val_loss"] for r in results}
-    keys = sorted({(w, s) for w, s, _ in by})
-    print("\n| width | step | x-transformers | arlm | arlm / x-t |\n|---|---|---|---|---|")
+    """Validation loss per (width, step) for both libraries, each the mean over the seeds both
+    libraries ran, the ratio of the means arlm / x-transformers, and the per-seed ratios' range."""
+    by = {(r["width"], r["step"], r["lib"], r.get("seed", 0)): r["val_loss"] for r in results}
+    keys = sorted({(w, s) for w, s, _, _ in by})
+    print("\n| width | step | seeds | x-transformers | arlm | arlm / x-t | per-seed ratios |\n|---|---|---|---|---|---|---|")
     worst = None
     for w, s in keys:
-        x, a = by.get((w, s, "x-transformers")), by.get((w, s, "arlm"))
-        ratio = a / x if x is not None and a is not None else None
-        cell = lambda v: f"{v:.4f}" if v is not None else "-"  # noqa: E731
-        print(f"| {w} | {s} | {cell(x)} | {cell(a)} | {f'{ratio:.4f}' if ratio else '-'} |")
-        if ratio is not None:
-            worst = ratio if worst is None else max(worst, ratio)
+        seeds = sorted(sd for (w2, s2, lib, sd) in by if (w2, s2, lib) == (w, s, "arlm")
+                       and (w, s, "x-transformers", sd) in by)
+        if not seeds:
+            only = {lib: np.mean([v for (w2, s2, l2, _), v in by.items() if (w2, s2, l2) == (w, s, lib)])
+                    for lib in LIBS if any(k[:3] == (w, s, lib) for k in by)}
+            print(f"| {w} | {s} | - | {only.get('x-transformers', float('nan')):.4f} | {only.get('arlm', float('nan')):.4f} | - | - |")
+            continue
+        x = float(np.mean([by[w, s, "x-transformers", sd] for sd in seeds]))
+        a = float(np.mean([by[w, s, "arlm", sd] for sd in seeds]))
+        per = [by[w, s, "arlm", sd] / by[w, s, "x-transformers", sd] for sd in seeds]
+        ratio = a / x
+        print(f"| {w} | {s} | {','.join(map(str, seeds))} | {x:.4f} | {a:.4f} | {ratio:.4f} | "
+              f"{min(per):.4f}-{max(per):.4f} |")
+        worst = ratio if worst is None else max(worst, ratio)
     if worst is not None:
-        print(f"highest ratio arlm / x-transformers: {worst:.4f} ({'never above 1' if worst <= 1 else 'above 1'})")
+        print(f"highest ratio arlm / x-transformers (means over seeds): {worst:.4f} "
+              f"({'never above 1' if worst <= 1 else 'above 1'})")
 
 
 def main(argv=None) -> int:
@@ -174,8 +186,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     raw = np.frombuffer(args.data.read_bytes(), dtype=np.uint8)
     split = int(len(raw) * 0.9)
-    train_batches = batches(raw[:split], args.seq, args.batch, args.steps, args.seed)
-    val_batches = batches(raw[split:], args.seq, args.batch, args.eval_batches, args.seed + 1)
+    val_batches = batches(raw[split:], args.seq, args.batch, args.eval_batches, args.val_seed)
 
     print(f"# quality: {common.describe_machine(torch.device('cpu'))}")
     print(f"data: {args.data} ({len(raw):,} bytes; byte tokens; first 90% train, last 10% val)")
@@ -184,11 +195,13 @@ def main(argv=None) -> int:
           f"after steps {', '.join(map(str, args.eval_at))}")
     results = []
     for dim in args.widths:
-        res = train_width(args, dim, train_batches, val_batches)
-        results += res
-        if args.save:
-            with args.save.open("a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in res)
+        for seed in args.seeds:
+            train_batches = batches(raw[:split], args.seq, args.batch, args.steps, seed)
+            res = train_width(args, dim, seed, train_batches, val_batches)
+            results += res
+            if args.save:
+                with args.save.open("a") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in res)
     print_table(results)
     return 0
 

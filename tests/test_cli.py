@@ -23,6 +23,7 @@ from arlm.generation.sampling import StopStrings, compose_filters
 from arlm.cli.main import main
 from arlm.config import PRESETS, RunConfig, preset
 from arlm.rundir import latest_checkpoint
+from conftest import LIVE_INIT
 
 REPO = Path(__file__).resolve().parents[1]
 VERBS = ("train", "generate", "eval", "presets", "config")
@@ -52,9 +53,11 @@ def train_tiny(corpus: Path, out: Path, *extra) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_corpus) -> Path:
-    """A finished tiny run (20 steps) with two dotted overrides."""
+    """A finished tiny run (20 steps) with two dotted overrides (blocks live from the start:
+    conftest.LIVE_INIT)."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    rc, stdout, stderr = train_tiny(tiny_corpus, out, "--train.lr", "0.002", "--model.ff_mult", "2")
+    rc, stdout, stderr = train_tiny(tiny_corpus, out, "--train.lr", "0.002", "--model.ff_mult", "2",
+                                    "--model.init", LIVE_INIT)
     assert rc == 0, stderr
     assert "run directory" in stdout and str(out) in stdout
     return out

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_corpus
+from conftest import LIVE_INIT, write_corpus
 from lm_eval.api.instance import Instance
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
@@ -33,7 +33,7 @@ def offline(monkeypatch):
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("lmeval")
     cfg = RunConfig.from_dict({
-        "model": dict(max_seq_len=CONTEXT, dim=32, depth=2, heads=2, pos_emb="rotary"),
+        "model": dict(max_seq_len=CONTEXT, dim=32, depth=2, heads=2, pos_emb="rotary", init=LIVE_INIT),
         "data": dict(path=str(write_corpus(root / "corpus.txt"))),
         "train": dict(batch_size=8, max_steps=120, lr=1e-2, warmup_steps=2, eval_every=0, ckpt_every=0,
                       sample_tokens=4, keep_last=2, progress=False),

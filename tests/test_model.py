@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import LIVE_INIT, live_init
 from safetensors.torch import load_model, save_model
 
 from arlm import AutoregressiveWrapper, Decoder, ModelConfig, Transformer, TransformerWrapper, top_k
@@ -28,7 +29,7 @@ CONFIGS = {
 
 
 def make(name: str, seed: int = 0, **over) -> Transformer:
-    fields = dict(vocab_size=V, max_seq_len=24, dim=32, depth=2, heads=2)
+    fields = dict(vocab_size=V, max_seq_len=24, dim=32, depth=2, heads=2, init=LIVE_INIT)
     cfg = ModelConfig(**{**fields, **CONFIGS[name], **over})
     model = Transformer(cfg)
     model.init_weights(torch.Generator().manual_seed(seed))
@@ -104,7 +105,8 @@ def test_ragged_rows_equal_solo_rows(name):
 
 
 def test_left_padding_mask_in_wrapper_matches_solo():
-    net = TransformerWrapper(num_tokens=V, max_seq_len=24, attn_layers=Decoder(dim=32, depth=2, heads=2, rotary_pos_emb=True)).eval()
+    net = live_init(TransformerWrapper(num_tokens=V, max_seq_len=24,
+                                       attn_layers=Decoder(dim=32, depth=2, heads=2, rotary_pos_emb=True))).eval()
     short, long_ = ids(1, 5, seed=3)[0], ids(1, 9, seed=4)[0]
     x = torch.stack((torch.cat((torch.zeros(4, dtype=torch.long), short)), long_))
     mask = torch.stack((torch.arange(9) >= 4, torch.ones(9, dtype=torch.bool)))
@@ -249,37 +251,87 @@ def test_init_weights_is_reproducible_from_a_generator():
     assert not torch.equal(a.blocks[0].attn.qkv.weight, c.blocks[0].attn.qkv.weight)
 
 
-@pytest.mark.parametrize("scheme", ["scaled", "gpt2"])
+@pytest.mark.parametrize("scheme", ["scaled_zero", "scaled", "gpt2"])
 def test_init_schemes_set_the_stds_they_name(scheme):
     """gpt2: N(0, init_std) everywhere, residual outputs / sqrt(2 depth); scaled: 1/sqrt(fan_in),
-    residual outputs / sqrt(2 depth), embedding sqrt(2 / dim), so its stds follow the width."""
+    residual outputs / sqrt(2 depth), embedding sqrt(2 / dim), so its stds follow the width;
+    scaled_zero: scaled's draws with the residual outputs at zero."""
     import math
 
     for dim in (64, 256):
         depth = 2
         net = Transformer(ModelConfig(vocab_size=512, max_seq_len=16, dim=dim, depth=depth, heads=4, init=scheme))
         net.init_weights(torch.Generator().manual_seed(0))
-        b = net.blocks[0]
-        got = {"qkv": b.attn.qkv.weight, "attn.out": b.attn.out.weight, "ff.proj_in": b.ff.proj_in.weight,
-               "ff.proj_out": b.ff.proj_out.weight, "head": net.head.weight, "token_emb": net.token_emb.weight}
-        fan_in = {k: (w.shape[1] if k != "token_emb" else None) for k, w in got.items()}
-        for name, w in got.items():
-            w = w.detach()
-            if scheme == "gpt2":
-                want = 0.02
-            else:
-                want = math.sqrt(2 / dim) if name == "token_emb" else fan_in[name] ** -0.5
-            if name in ("attn.out", "ff.proj_out"):
-                want /= math.sqrt(2 * depth)
-            assert float(w.std()) == pytest.approx(want, rel=0.06), (scheme, dim, name)
-            assert abs(float(w.mean())) < 0.1 * want
-        assert torch.all(b.ff.proj_in.bias == 0) and torch.all(b.attn_norm.weight == 1)
+        for b in net.blocks:
+            got = {"qkv": b.attn.qkv.weight, "attn.out": b.attn.out.weight, "ff.proj_in": b.ff.proj_in.weight,
+                   "ff.proj_out": b.ff.proj_out.weight, "head": net.head.weight, "token_emb": net.token_emb.weight}
+            fan_in = {k: (w.shape[1] if k != "token_emb" else None) for k, w in got.items()}
+            for name, w in got.items():
+                w = w.detach()
+                if scheme == "gpt2":
+                    want = 0.02
+                else:
+                    want = math.sqrt(2 / dim) if name == "token_emb" else fan_in[name] ** -0.5
+                if name in ("attn.out", "ff.proj_out"):
+                    if scheme == "scaled_zero":
+                        assert torch.all(w == 0), (dim, name)
+                        continue
+                    want /= math.sqrt(2 * depth)
+                assert float(w.std()) == pytest.approx(want, rel=0.06), (scheme, dim, name)
+                assert abs(float(w.mean())) < 0.1 * want
+            assert torch.all(b.ff.proj_in.bias == 0) and torch.all(b.attn_norm.weight == 1)
 
 
-def test_init_is_scaled_by_default_and_gpt2_by_name():
-    assert ModelConfig().init == "scaled"
+def test_scaled_zero_is_scaled_with_the_residual_outputs_zeroed():
+    """The same draws as ``scaled`` (so a seed gives the same model but for the zeroed
+    projections), every block the identity: the logits at a position depend on its token only."""
+    nets = {}
+    for scheme in ("scaled_zero", "scaled"):
+        nets[scheme] = Transformer(ModelConfig(vocab_size=V, max_seq_len=16, dim=32, depth=3, heads=2, init=scheme)).eval()
+        nets[scheme].init_weights(torch.Generator().manual_seed(3))
+    zero, scaled = (dict(nets[k].named_parameters()) for k in ("scaled_zero", "scaled"))
+    residual_outputs = [k for k in zero if k.endswith(("attn.out.weight", "ff.proj_out.weight"))]
+    assert len(residual_outputs) == 6
+    for k in zero:
+        if k in residual_outputs:
+            assert torch.all(zero[k] == 0) and not torch.all(scaled[k] == 0), k
+        else:
+            assert torch.equal(zero[k], scaled[k]), k
+    x = ids(2, 10)
+    y = ids(2, 10, seed=2)
+    y[:, -1] = x[:, -1]  # another context, the same last token
+    with torch.no_grad():
+        for scheme, net in nets.items():
+            same = torch.allclose(net(x)[:, -1], net(y)[:, -1], atol=1e-6)
+            # zeroed branches: the stack is the identity, the context does not reach the last position
+            assert same == (scheme == "scaled_zero"), scheme
+
+
+def test_zero_residual_outputs_learn():
+    """Zeroed residual outputs are not stuck: after one AdamW step they and (after a second) the
+    branches' inner weights have moved, and the loss falls."""
+    net = Transformer(ModelConfig(vocab_size=V, max_seq_len=16, dim=32, depth=2, heads=2))
+    net.init_weights(torch.Generator().manual_seed(0))
+    inner = net.blocks[0].attn.qkv.weight.detach().clone()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    x = ids(4, 16)
+    losses = []
+    for _ in range(3):
+        loss = net(x[:, :-1], targets=x[:, 1:])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert float(net.blocks[0].attn.out.weight.abs().max()) > 0
+    assert not torch.equal(net.blocks[0].attn.qkv.weight, inner)
+    assert losses[-1] < losses[0]
+
+
+def test_init_is_scaled_zero_by_default_and_gpt2_by_name():
+    assert ModelConfig().init == "scaled_zero"
     net = TransformerWrapper(num_tokens=V, max_seq_len=8, attn_layers=Decoder(dim=32, depth=1, heads=2))
-    assert net.cfg.init == "scaled"  # the x-transformers facade gets the default too
+    assert net.cfg.init == "scaled_zero"  # the x-transformers facade gets the default too
+    assert torch.all(net.blocks[0].attn.out.weight == 0) and torch.all(net.blocks[0].ff.proj_out.weight == 0)
     torch.manual_seed(0)
     a = Transformer(ModelConfig(vocab_size=V, max_seq_len=8, dim=32, depth=1, heads=2, init="gpt2"))
     torch.manual_seed(0)
@@ -293,7 +345,7 @@ def test_init_config_round_trip_errors_and_old_configs():
 
     cfg = RunConfig.from_dict({"model": dict(init="gpt2", init_std=0.01)})
     assert RunConfig.from_yaml(cfg.to_yaml()).model.init == "gpt2"
-    with pytest.raises(ConfigError, match=r"model.init='xavier' is not one of: scaled, gpt2"):
+    with pytest.raises(ConfigError, match=r"model.init='xavier' is not one of: scaled_zero, scaled, gpt2"):
         RunConfig.from_dict({"model": dict(init="xavier")}).validate()
     with pytest.raises(ConfigError, match="model.init_std=0.01 is the std of model.init=gpt2"):
         RunConfig.from_dict({"model": dict(init="scaled", init_std=0.01)}).validate()
@@ -301,7 +353,7 @@ def test_init_config_round_trip_errors_and_old_configs():
     old = RunConfig().to_dict()
     del old["model"]["init"]
     saved = RunConfig.from_dict(old)
-    assert saved.model.init == "gpt2" and RunConfig.from_dict({"model": {}}).model.init == "scaled"
+    assert saved.model.init == "gpt2" and RunConfig.from_dict({"model": {}}).model.init == "scaled_zero"
     # resuming it with today's preset keeps the run's own init (its weights come from the checkpoint)
     merged = merge_resume_config(saved, RunConfig())
     assert merged.model.init == "gpt2"

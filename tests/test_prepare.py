@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TORCHRUN, write_corpus
+from conftest import LIVE_INIT, TORCHRUN, write_corpus
 
 from arlm.cli.main import main
 from arlm.config import RunConfig
@@ -287,7 +287,8 @@ def test_document_mask_gives_each_document_its_solo_logits(options):
     from arlm.model import Transformer
 
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=50, dim=32, depth=2, heads=2, max_seq_len=32, **options)).eval()
+    model = Transformer(ModelConfig(vocab_size=50, dim=32, depth=2, heads=2, max_seq_len=32, init=LIVE_INIT,
+                                    **options)).eval()
     model.init_weights(torch.Generator().manual_seed(0))
     sep = 49
     a, b, c = torch.randint(0, 49, (1, 7)), torch.randint(0, 49, (1, 9)), torch.randint(0, 49, (1, 4))

@@ -15,6 +15,7 @@ xt = pytest.importorskip("x_transformers")
 
 from arlm import AutoregressiveWrapper, Decoder, TransformerWrapper  # noqa: E402
 from arlm.export.x_transformers import convert_state_dict  # noqa: E402
+from conftest import live_init  # noqa: E402
 from test_options import OPTIONS  # noqa: E402  (the one option matrix)
 
 V, SEQ = 40, 48
@@ -96,7 +97,7 @@ def test_every_option_decodes_through_the_returned_cache_exactly(name):
     write), all equal the full forward."""
     dec, wrap, _ = OPTIONS[name]
     torch.manual_seed(0)
-    net = TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=Decoder(**{**BASE, **dec}), **wrap).eval()
+    net = live_init(TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=Decoder(**{**BASE, **dec}), **wrap)).eval()
     x = ids(2, 21, seed=11)
     with torch.no_grad():
         full = net(x)

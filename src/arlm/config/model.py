@@ -241,8 +241,9 @@ class ModelConfig(ModelChecks):
     attn_dropout: float = 0.0
     ff_dropout: float = 0.0
     layer_dropout: float = 0.0
-    # weight initialisation (model/init.py): scaled (width-aware) | gpt2 (N(0, init_std)); init_std is gpt2's
-    init: str = "scaled"
+    # weight initialisation (model/init.py): scaled_zero (width-aware, blocks start as the identity) |
+    # scaled (width-aware) | gpt2 (N(0, init_std)); init_std is gpt2's
+    init: str = "scaled_zero"
     init_std: float = 0.02
 
     @property

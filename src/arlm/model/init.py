@@ -6,12 +6,18 @@ Dims: C model width (``dim``), fan_in a linear layer's input features, L residua
 - ``gpt2``: every weight N(0, init_std) (0.02, GPT-2's choice for width 768, small for narrow
   models), the residual output projections N(0, init_std / sqrt(L)) so the residual stream's
   variance does not grow with depth. arlm's only init before ``model.init`` existed.
-- ``scaled`` (the default): width-aware. Linear weights N(0, 1/sqrt(fan_in)) (LeCun: unit-variance
-  outputs for unit-variance inputs, at every width), the residual output projections again
-  divided by sqrt(L) as gpt2 does, and the token embedding N(0, sqrt(2 / C)) (x-transformers'
-  Kaiming init: rows of norm ~sqrt(2) whatever the width). Chosen by measurement against
-  x-transformers' own init (PyTorch's U(+-1/sqrt(fan_in)) linears, Kaiming embedding):
-  benchmarks/quality.py --own-init.
+- ``scaled``: width-aware. Linear weights N(0, 1/sqrt(fan_in)) (LeCun: unit-variance outputs for
+  unit-variance inputs, at every width), the residual output projections again divided by
+  sqrt(L) as gpt2 does, and the token embedding N(0, sqrt(2 / C)) (x-transformers' Kaiming init:
+  rows of norm ~sqrt(2) whatever the width).
+- ``scaled_zero`` (the default): ``scaled`` with the residual output projections at zero, so
+  every block starts as the identity and the residual stream is the embedding (the zero-init
+  branches of ReZero, Bachlechner et al. 2020, and of Fixup, Zhang et al. 2019; a branch's
+  inner weights get gradients from the second step on). The weights are drawn in the same order
+  as ``scaled`` and then zeroed, so the two differ in those projections only.
+
+Chosen by measurement against x-transformers' own init (PyTorch's U(+-1/sqrt(fan_in)) linears,
+Kaiming embedding) at equal settings: benchmarks/quality.py --own-init.
 """
 
 from __future__ import annotations
@@ -24,8 +30,15 @@ from torch import nn
 RESIDUAL_OUTPUTS = ("attn.out", "ff.proj_out")
 
 
+def zeroes_residual_outputs(cfg) -> bool:
+    """Whether the residual output projections start at zero: ``model.init: scaled_zero`` or the
+    x-transformers option ``zero_init_branch_output``."""
+    return cfg.init == "scaled_zero" or cfg.zero_init_branch_output
+
+
 def linear_std(cfg, name: str, layer: nn.Linear, n_branches: int) -> float:
-    """The std of a linear layer's N(0, std) weight under ``cfg.init``."""
+    """The std of a linear layer's N(0, std) draw under ``cfg.init`` (before
+    ``zeroes_residual_outputs`` zeroes the residual outputs)."""
     std = cfg.init_std if cfg.init == "gpt2" else layer.in_features**-0.5
     if name.endswith(RESIDUAL_OUTPUTS):
         std /= math.sqrt(n_branches)

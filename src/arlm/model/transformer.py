@@ -25,7 +25,7 @@ from .calls import call
 from .context import Context, make_context, plan_steps
 from .embedding import (MixtureOfSoftmax, deep_embed_scales, extra_embeddings, frac_gradient, next_embed_head,
                         sigsoftmax)
-from .init import embedding_std, linear_std
+from .init import RESIDUAL_OUTPUTS, embedding_std, linear_std, zeroes_residual_outputs
 from .loss import auto_chunk_rows, check_reduction, linear_cross_entropy
 from .norms import NORM_TYPES, make_norm
 from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPositionBias, Polar, Rotary,
@@ -177,12 +177,13 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         """The ``model.init`` scheme (model/init.py: N(0, std) weights with a per-layer std; the
-        residual output projections scaled by 1/sqrt(number of residual branches) so the residual
-        stream's variance does not grow with depth), zero biases, norm gains at 1. Option
+        residual output projections at zero (``scaled_zero``, the default) or scaled by
+        1/sqrt(number of residual branches)), zero biases, norm gains at 1. Option
         parameters start where their papers start them (identity talking heads, unit scales,
         N(0, 1) memory). Deterministic from ``generator`` (or the global RNG)."""
         cfg = self.cfg
         g = generator
+        zero_out = zeroes_residual_outputs(cfg)
         # custom token_emb / to_logits modules keep the weights they came with
         custom = {id(sub) for root, on in ((self.token_emb, cfg.custom_token_emb), (self.head, cfg.custom_to_logits))
                   if on for sub in root.modules()}
@@ -197,7 +198,7 @@ class Transformer(nn.Module):
                 w.copy_(torch.empty(w.shape, device=w.device, dtype=w.dtype).normal_(0.0, s, generator=g))
                 if m.bias is not None:
                     m.bias.zero_()
-                if name.endswith("value_gate") or (cfg.zero_init_branch_output and name.endswith(("attn.out", "ff.proj_out"))):
+                if name.endswith("value_gate") or (zero_out and name.endswith(RESIDUAL_OUTPUTS)):
                     m.weight.zero_()  # gates start at sigmoid(0) = 0.5; zero-init branches (Bachlechner et al. 2020, ReZero)
             elif isinstance(m, nn.Embedding):
                 s = embedding_std(cfg, m.embedding_dim)
@@ -221,7 +222,7 @@ class Transformer(nn.Module):
                 p.copy_(torch.eye(p.shape[0]))
         if isinstance(self.pos_emb, ScaledSinusoidalEmbedding):
             self.pos_emb.scale.fill_(cfg.embed_dim**-0.5)
-        if cfg.depth_scale_residual and not cfg.zero_init_branch_output:
+        if cfg.depth_scale_residual and not cfg.zero_init_branch_output:  # an explicit option wins over model.init
             depth_scaled_init_(self, g)
         # option modules that start somewhere special say so themselves, after the generic pass:
         # ``init_option_(generator)`` on any submodule (its paper's init, beside its code)
