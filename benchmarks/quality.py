@@ -6,14 +6,20 @@ schedule spans ``--steps``). ``--own-init`` gives each library its own initialis
 ``model.init`` default, or ``--arlm-init NAME``); without it arlm starts from x-transformers'
 initial weights (``arlm.export.x_transformers.convert_state_dict``), so any difference is the
 implementations'. Training steps alternate between the two libraries. Byte-level tokens; the
-first 90% of the file trains, the last 10% validates (the same fixed validation batches for both).
+first 90% of the file trains, the last 10% validates (the same fixed validation batches for both
+libraries and every seed).
+
+``--seeds`` repeats each width with other seeds (init and batch order): the table gives each
+library's mean over the seeds both ran, the ratio of the means and the range of the per-seed
+ratios. One seed is not enough to rank two inits: x-transformers' own validation loss moved by
+up to 2.5% between seeds 0 and 1 (width 128, step 1,000), about as much as the inits differ.
 
 On one thread training is deterministic, so a library's numbers do not depend on what runs
 beside it: ``--lib`` trains one library only and ``--save FILE`` appends the results as JSON
 lines, so pieces of the table can run as separate processes; ``--table FILE ...`` prints the
 table from saved pieces.
 
-  .venv/bin/python benchmarks/quality.py --own-init      # the init table: widths 128/256/512, ~1 CPU-hour
+  .venv/bin/python benchmarks/quality.py --own-init --seeds 0 1   # the init table: widths 128/256/512, ~2 CPU-hours
   .venv/bin/python benchmarks/quality.py --widths 128 --steps 300 --eval-at 300    # parity, ~3 minutes
 """
 
