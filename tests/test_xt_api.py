@@ -42,8 +42,8 @@ def ids(b: int, t: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, V, (b, t), generator=torch.Generator().manual_seed(seed))
 
 
-def close(a, b, atol=ATOL):
-    torch.testing.assert_close(a, b, atol=atol, rtol=0)
+def close(a, b, atol=ATOL, rtol=0.0):
+    torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
 
 
 # ---------------------------------------------------------------- cached decoding, the x-transformers way
@@ -109,10 +109,10 @@ def test_every_option_decodes_through_the_returned_cache_exactly(name):
             logits, cache = net(x[:, :t + size], cache=cache, return_intermediates=True)
             steps.append(logits)
             t += size
-        close(torch.cat(steps, dim=1), full)
+        close(torch.cat(steps, dim=1), full, rtol=1e-4)  # live init: logits of order 1, float32 sums
         assert older is not None and older.cache_length == 11
         again, _ = net(x[:, :14], cache=older, return_intermediates=True)
-        close(again, full[:, 11:14])
+        close(again, full[:, 11:14], rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))
