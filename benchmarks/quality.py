@@ -156,21 +156,21 @@ def train_width(args, dim: int, seed: int, train_batches, val_batches) -> list[d
 def print_table(results: list[dict]) -> None:
     """Validation loss per (width, step) for both libraries, each the mean over the seeds both
     libraries ran, the ratio of the means arlm / x-transformers, and the per-seed ratios' range."""
-    by = {(r["width"], r["step"], r["lib"], r.get("seed", 0)): r["val_loss"] for r in results}
-    keys = sorted({(w, s) for w, s, _, _ in by})
+    runs: dict[tuple, dict[int, float]] = {}  # (width, step, lib) -> {seed: val_loss}
+    for r in results:
+        runs.setdefault((r["width"], r["step"], r["lib"]), {})[r.get("seed", 0)] = r["val_loss"]
     print("\n| width | step | seeds | x-transformers | arlm | arlm / x-t | per-seed ratios |\n|---|---|---|---|---|---|---|")
     worst = None
-    for w, s in keys:
-        seeds = sorted(sd for (w2, s2, lib, sd) in by if (w2, s2, lib) == (w, s, "arlm")
-                       and (w, s, "x-transformers", sd) in by)
-        if not seeds:
-            only = {lib: np.mean([v for (w2, s2, l2, _), v in by.items() if (w2, s2, l2) == (w, s, lib)])
-                    for lib in LIBS if any(k[:3] == (w, s, lib) for k in by)}
-            print(f"| {w} | {s} | - | {only.get('x-transformers', float('nan')):.4f} | {only.get('arlm', float('nan')):.4f} | - | - |")
+    for w, s in sorted({(w, s) for w, s, _ in runs}):
+        xs, ars = runs.get((w, s, "x-transformers"), {}), runs.get((w, s, "arlm"), {})
+        seeds = sorted(xs.keys() & ars.keys())
+        if not seeds:  # one library only so far: its mean, no ratio
+            mean = lambda d: f"{np.mean(list(d.values())):.4f}" if d else "-"  # noqa: E731
+            print(f"| {w} | {s} | - | {mean(xs)} | {mean(ars)} | - | - |")
             continue
-        x = float(np.mean([by[w, s, "x-transformers", sd] for sd in seeds]))
-        a = float(np.mean([by[w, s, "arlm", sd] for sd in seeds]))
-        per = [by[w, s, "arlm", sd] / by[w, s, "x-transformers", sd] for sd in seeds]
+        x = float(np.mean([xs[sd] for sd in seeds]))
+        a = float(np.mean([ars[sd] for sd in seeds]))
+        per = [ars[sd] / xs[sd] for sd in seeds]
         ratio = a / x
         print(f"| {w} | {s} | {','.join(map(str, seeds))} | {x:.4f} | {a:.4f} | {ratio:.4f} | "
               f"{min(per):.4f}-{max(per):.4f} |")
