@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,11 +29,16 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 LIVE_INIT = "scaled"
 
 
-def live_init(net, seed: int = 0):
-    """``net`` re-initialised under LIVE_INIT from ``seed``; returns it."""
-    net.cfg.init = LIVE_INIT
+def reinit(net, init: str, seed: int = 0):
+    """``net`` re-initialised under ``model.init`` scheme ``init`` from ``seed``; returns it."""
+    net.cfg.init = init
     net.init_weights(torch.Generator().manual_seed(seed))
     return net
+
+
+def live_init(net, seed: int = 0):
+    """``net`` re-initialised under LIVE_INIT from ``seed``; returns it."""
+    return reinit(net, LIVE_INIT, seed)
 
 
 _WORDS = ("the model reads a token and predicts the next one so that a small network learns "
@@ -101,8 +108,6 @@ def one_thread():
 def spawn_script(tmp_path, script, cfg, out, *extra):
     """Run ``script`` (Python source) in a subprocess with ``cfg`` written as YAML and ``out``
     as its arguments; one thread, stdout and stderr together."""
-    import subprocess
-    import sys
     (tmp_path / "script.py").write_text(script)
     cfg.to_yaml(tmp_path / "cfg.yaml")
     return subprocess.Popen([sys.executable, str(tmp_path / "script.py"), str(tmp_path / "cfg.yaml"), str(out),
@@ -112,7 +117,6 @@ def spawn_script(tmp_path, script, cfg, out, *extra):
 
 def wait_for(pred, proc, timeout=120):
     """Poll ``pred`` until true; fail if ``proc`` ends first or the timeout passes."""
-    import time
     deadline = time.monotonic() + timeout
     while not pred():
         if proc.poll() is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import reinit
 
 from arlm import Decoder, TransformerWrapper
 from arlm.model.attend import attention_weights
@@ -72,8 +73,7 @@ def net(seed: int = 0, **kw) -> TransformerWrapper:
     torch.manual_seed(seed)
     m = TransformerWrapper(num_tokens=V, max_seq_len=SEQ,
                            attn_layers=Decoder(dim=32, depth=2, heads=2, attn_dim_head=16, **kw))
-    m.cfg.init = "gpt2"  # the tolerances here were set on GPT-2's N(0, 0.02) init (smaller logits)
-    m.init_weights(torch.Generator().manual_seed(seed))
+    reinit(m, "gpt2", seed)  # the tolerances here were set on GPT-2's N(0, 0.02) init (smaller logits)
     with torch.no_grad():  # larger logits, so the selective gates are far from zero
         for b in m.blocks:
             b.attn.qkv.weight.mul_(8.0)
@@ -204,8 +204,7 @@ def test_growing_intermediates_cache_keeps_the_kernel_state(kw):
     the selective gates move with the keys."""
     m = TransformerWrapper(num_tokens=V, max_seq_len=40, attn_layers=Decoder(dim=32, depth=2, heads=2,
                                                                                attn_dim_head=16, **kw)).eval()
-    m.cfg.init = "gpt2"  # the tolerance here was set on GPT-2's N(0, 0.02) init (smaller logits)
-    m.init_weights(torch.Generator().manual_seed(0))
+    reinit(m, "gpt2")  # the tolerance here was set on GPT-2's N(0, 0.02) init (smaller logits)
     with torch.no_grad():
         for b in m.blocks:
             b.attn.qkv.weight.mul_(8.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import reinit
 from torch import nn
 
 from arlm import ConfigError, Decoder, TransformerWrapper
@@ -16,9 +17,7 @@ BASE = dict(dim=32, depth=2, heads=2, attn_dim_head=16)
 def wrapper(dec: dict | None = None, **wrap) -> TransformerWrapper:
     torch.manual_seed(0)
     net = TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=Decoder(**{**BASE, **(dec or {})}), **wrap)
-    net.cfg.init = "gpt2"  # the tolerances here were set on GPT-2's N(0, 0.02) init (smaller logits)
-    net.init_weights(torch.Generator().manual_seed(0))
-    return net
+    return reinit(net, "gpt2")  # the tolerances here were set on GPT-2's N(0, 0.02) init (smaller logits)
 
 
 def ffs(net):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import reinit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,8 +19,7 @@ def make(dim=32, depth=2, seq=48, vocab=64, seed=0, **kw):
                              attn_layers=Decoder(dim=dim, depth=depth, heads=4, rotary_pos_emb=True, **kw))
     # these tests were calibrated on GPT-2's N(0, 0.02) init (sharp enough after the head x20 for
     # greedy paths far from ties, flat enough for sampling to depend on the seed): keep that model
-    net.cfg.init = "gpt2"
-    net.init_weights(torch.Generator().manual_seed(seed))
+    reinit(net, "gpt2", seed)
     # sharpen the random model so greedy paths are far from ties
     with torch.no_grad():
         net.head.weight.mul_(20)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import reinit
 
 from arlm import AutoregressiveWrapper, Decoder, RunConfig, Transformer, TransformerWrapper
 
@@ -431,9 +432,7 @@ def build(name: str, seed: int = 0) -> TransformerWrapper:
     dec, wrap, _ = OPTIONS[name]
     torch.manual_seed(seed)
     net = TransformerWrapper(num_tokens=V, max_seq_len=SEQ, attn_layers=Decoder(**{**BASE, **dec}), **wrap)
-    net.cfg.init = "gpt2"  # the tolerances here were set on GPT-2's N(0, 0.02) init (smaller logits)
-    net.init_weights(torch.Generator().manual_seed(seed))
-    return net
+    return reinit(net, "gpt2", seed)  # the tolerances here were set on GPT-2's N(0, 0.02) init (smaller logits)
 
 
 def off_init(build_fn):

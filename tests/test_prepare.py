@@ -242,8 +242,6 @@ def test_training_from_shards_resumes_exactly_and_refuses_another_tokenizer(tmp_
     assert main(["eval", str(tmp_path / "full")]) == 2  # its own validation split is that folder too
 
 
-
-
 def test_ddp_ranks_share_the_batches_from_shards(tmp_path):
     data = tmp_path / "p"
     prepare(_source(tmp_path), data, doc_bytes=1000, shard_tokens=700, workers=1, **QUIET)

@@ -13,7 +13,6 @@ occupy the first M rows/cache slots and tokens follow, so slot s of the caller i
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
