@@ -63,3 +63,31 @@ def test_docs_give_the_status_of_every_x_transformers_keyword():
     wrong = {k: (documented.get(k), v) for k, v in actual.items() if documented.get(k) != v}
     assert not wrong, f"docs/options.md (documented, actual): {wrong}; run benchmarks/xt_keywords.py --write"
     assert set(documented) == set(actual)
+
+
+def test_init_torch_draws_from_x_transformers_own_initial_distribution():
+    """``model.init: torch`` is the distribution an x-transformers model starts from: for every
+    parameter, the same std and (for nn.Linear's uniform weights and biases) the same bound as
+    x-transformers' own init, converted to arlm's names (two draws, so equal in law, not value)."""
+    xt = pytest.importorskip("x_transformers")
+    import torch
+
+    from arlm.export.x_transformers import convert_state_dict
+
+    kw = dict(dim=128, depth=2, heads=4, rotary_pos_emb=True)
+    torch.manual_seed(0)
+    peer = xt.TransformerWrapper(num_tokens=256, max_seq_len=32, attn_layers=xt.Decoder(**kw))
+    ours = TransformerWrapper(num_tokens=256, max_seq_len=32, attn_layers=Decoder(**kw))
+    ours.cfg.init = "torch"
+    ours.init_weights(torch.Generator().manual_seed(1))
+    theirs = convert_state_dict(peer.state_dict(), ours)
+    checked = 0
+    for name, p in ours.state_dict().items():
+        a, b = p.float(), theirs[name].float()
+        if a.numel() < 100:
+            continue
+        assert float(a.std()) == pytest.approx(float(b.std()), rel=0.1), name
+        if name != "token_emb.weight":  # uniform draws share their bound; the Kaiming embedding is normal
+            assert float(a.abs().max()) == pytest.approx(float(b.abs().max()), rel=0.03), name
+        checked += 1
+    assert checked >= 10

@@ -251,11 +251,12 @@ def test_init_weights_is_reproducible_from_a_generator():
     assert not torch.equal(a.blocks[0].attn.qkv.weight, c.blocks[0].attn.qkv.weight)
 
 
-@pytest.mark.parametrize("scheme", ["scaled_zero", "scaled", "gpt2"])
+@pytest.mark.parametrize("scheme", ["scaled_zero", "scaled", "gpt2", "torch"])
 def test_init_schemes_set_the_stds_they_name(scheme):
     """gpt2: N(0, init_std) everywhere, residual outputs / sqrt(2 depth); scaled: 1/sqrt(fan_in),
     residual outputs / sqrt(2 depth), embedding sqrt(2 / dim), so its stds follow the width;
-    scaled_zero: scaled's draws with the residual outputs at zero."""
+    scaled_zero: scaled's draws with the residual outputs at zero; torch: U(+-1/sqrt(fan_in))
+    weights and biases (nn.Linear's default), residual outputs unscaled."""
     import math
 
     for dim in (64, 256):
@@ -270,16 +271,27 @@ def test_init_schemes_set_the_stds_they_name(scheme):
                 w = w.detach()
                 if scheme == "gpt2":
                     want = 0.02
+                elif scheme == "torch":
+                    want = math.sqrt(2 / dim) if name == "token_emb" else (3 * fan_in[name]) ** -0.5
+                    if name != "token_emb":  # uniform: nothing beyond the bound, and the bound is reached
+                        assert float(w.abs().max()) == pytest.approx(fan_in[name] ** -0.5, rel=0.01)
                 else:
                     want = math.sqrt(2 / dim) if name == "token_emb" else fan_in[name] ** -0.5
-                if name in ("attn.out", "ff.proj_out"):
+                if name in ("attn.out", "ff.proj_out") and scheme != "torch":
                     if scheme == "scaled_zero":
                         assert torch.all(w == 0), (dim, name)
                         continue
                     want /= math.sqrt(2 * depth)
                 assert float(w.std()) == pytest.approx(want, rel=0.06), (scheme, dim, name)
                 assert abs(float(w.mean())) < 0.1 * want
-            assert torch.all(b.ff.proj_in.bias == 0) and torch.all(b.attn_norm.weight == 1)
+            assert torch.all(b.attn_norm.weight == 1)
+            for bias in (b.ff.proj_in.bias.detach(), b.ff.proj_out.bias.detach()):
+                if scheme == "torch":  # nn.Linear's bias: U(+-1/sqrt(fan_in)) too
+                    fan = b.ff.proj_in.in_features if bias.numel() == b.ff.proj_in.out_features else b.ff.proj_out.in_features
+                    assert float(bias.std()) == pytest.approx((3 * fan) ** -0.5, rel=0.15)
+                    assert float(bias.abs().max()) <= fan**-0.5
+                else:
+                    assert torch.all(bias == 0)
 
 
 def test_scaled_zero_is_scaled_with_the_residual_outputs_zeroed():
@@ -345,7 +357,7 @@ def test_init_config_round_trip_errors_and_old_configs():
 
     cfg = RunConfig.from_dict({"model": dict(init="gpt2", init_std=0.01)})
     assert RunConfig.from_yaml(cfg.to_yaml()).model.init == "gpt2"
-    with pytest.raises(ConfigError, match=r"model.init='xavier' is not one of: scaled_zero, scaled, gpt2"):
+    with pytest.raises(ConfigError, match=r"model.init='xavier' is not one of: scaled_zero, scaled, gpt2, torch"):
         RunConfig.from_dict({"model": dict(init="xavier")}).validate()
     with pytest.raises(ConfigError, match="model.init_std=0.01 is the std of model.init=gpt2"):
         RunConfig.from_dict({"model": dict(init="scaled", init_std=0.01)}).validate()

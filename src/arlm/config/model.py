@@ -242,7 +242,8 @@ class ModelConfig(ModelChecks):
     ff_dropout: float = 0.0
     layer_dropout: float = 0.0
     # weight initialisation (model/init.py): scaled_zero (width-aware, blocks start as the identity) |
-    # scaled (width-aware) | gpt2 (N(0, init_std)); init_std is gpt2's
+    # scaled (width-aware) | gpt2 (N(0, init_std)) | torch (PyTorch's nn.Linear default, as
+    # x-transformers); init_std is gpt2's
     init: str = "scaled_zero"
     init_std: float = 0.02
 

@@ -24,7 +24,7 @@ from .calls import call
 from .context import Context, make_context, plan_steps
 from .embedding import (MixtureOfSoftmax, deep_embed_scales, extra_embeddings, frac_gradient, next_embed_head,
                         sigsoftmax)
-from .init import RESIDUAL_OUTPUTS, embedding_std, linear_std, zeroes_residual_outputs
+from .init import RESIDUAL_OUTPUTS, draw_linear_, embedding_std, zeroes_residual_outputs
 from .loss import auto_chunk_rows, check_reduction, linear_cross_entropy
 from .norms import NORM_TYPES, make_norm
 from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPositionBias, Polar, Rotary,
@@ -175,9 +175,9 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """The ``model.init`` scheme (model/init.py: N(0, std) weights with a per-layer std; the
-        residual output projections at zero (``scaled_zero``, the default) or scaled by
-        1/sqrt(number of residual branches)), zero biases, norm gains at 1. Option
+        """The ``model.init`` scheme (model/init.py: N(0, std) weights with a per-layer std and zero
+        biases, or ``torch``'s uniform weights and biases; the residual output projections at zero
+        (``scaled_zero``, the default) or scaled by 1/sqrt(number of residual branches)), norm gains at 1. Option
         parameters start where their papers start them (identity talking heads, unit scales,
         N(0, 1) memory). Deterministic from ``generator`` (or the global RNG)."""
         cfg = self.cfg
@@ -190,13 +190,7 @@ class Transformer(nn.Module):
             if id(m) in custom:
                 continue
             if isinstance(m, nn.Linear):
-                s = linear_std(cfg, name, m, self.n_branches)
-                # drawn in logical (row-major) order, so the same seed gives the same weights
-                # whatever the storage layout (see generation/cpu_layout.py)
-                w = m.weight
-                w.copy_(torch.empty(w.shape, device=w.device, dtype=w.dtype).normal_(0.0, s, generator=g))
-                if m.bias is not None:
-                    m.bias.zero_()
+                draw_linear_(cfg, name, m, self.n_branches, g)
                 if name.endswith("value_gate") or (zero_out and name.endswith(RESIDUAL_OUTPUTS)):
                     m.weight.zero_()  # gates start at sigmoid(0) = 0.5; zero-init branches (Bachlechner et al. 2020, ReZero)
             elif isinstance(m, nn.Embedding):
