@@ -339,11 +339,22 @@ def test_zero_residual_outputs_learn():
     assert losses[-1] < losses[0]
 
 
-def test_init_is_scaled_zero_by_default_and_gpt2_by_name():
-    assert ModelConfig().init == "scaled_zero"
-    net = TransformerWrapper(num_tokens=V, max_seq_len=8, attn_layers=Decoder(dim=32, depth=1, heads=2))
-    assert net.cfg.init == "scaled_zero"  # the x-transformers facade gets the default too
-    assert torch.all(net.blocks[0].attn.out.weight == 0) and torch.all(net.blocks[0].ff.proj_out.weight == 0)
+def test_init_is_auto_by_default_scaled_zero_when_narrow_torch_when_wide_and_gpt2_by_name():
+    from arlm.model.init import AUTO_TORCH_WIDTH, scheme
+
+    assert ModelConfig().init == "auto"
+    for dim, want in ((32, "scaled_zero"), (AUTO_TORCH_WIDTH - 32, "scaled_zero"), (AUTO_TORCH_WIDTH, "torch")):
+        # the x-transformers facade gets the default too
+        net = TransformerWrapper(num_tokens=V, max_seq_len=8, attn_layers=Decoder(dim=dim, depth=1, heads=2))
+        assert net.cfg.init == "auto" and scheme(net.cfg) == want, dim
+        out, proj_in = net.blocks[0].ff.proj_out, net.blocks[0].ff.proj_in
+        if want == "scaled_zero":  # zeroed branches, Gaussian draws, zero biases
+            assert torch.all(net.blocks[0].attn.out.weight == 0) and torch.all(out.weight == 0)
+            assert torch.all(proj_in.bias == 0) and float(proj_in.weight.abs().max()) > dim**-0.5
+        else:  # nn.Linear's default: live branches, uniform weights and biases within 1/sqrt(fan_in)
+            assert float(out.weight.abs().min()) < float(out.weight.abs().max()) <= out.in_features**-0.5
+            assert 0 < float(proj_in.bias.abs().max()) <= dim**-0.5
+            assert float(proj_in.weight.abs().max()) <= dim**-0.5
     torch.manual_seed(0)
     a = Transformer(ModelConfig(vocab_size=V, max_seq_len=8, dim=32, depth=1, heads=2, init="gpt2"))
     torch.manual_seed(0)
@@ -357,7 +368,7 @@ def test_init_config_round_trip_errors_and_old_configs():
 
     cfg = RunConfig.from_dict({"model": dict(init="gpt2", init_std=0.01)})
     assert RunConfig.from_yaml(cfg.to_yaml()).model.init == "gpt2"
-    with pytest.raises(ConfigError, match=r"model.init='xavier' is not one of: scaled_zero, scaled, gpt2, torch"):
+    with pytest.raises(ConfigError, match=r"model.init='xavier' is not one of: auto, scaled_zero, scaled, gpt2, torch"):
         RunConfig.from_dict({"model": dict(init="xavier")}).validate()
     with pytest.raises(ConfigError, match="model.init_std=0.01 is the std of model.init=gpt2"):
         RunConfig.from_dict({"model": dict(init="scaled", init_std=0.01)}).validate()
@@ -365,7 +376,7 @@ def test_init_config_round_trip_errors_and_old_configs():
     old = RunConfig().to_dict()
     del old["model"]["init"]
     saved = RunConfig.from_dict(old)
-    assert saved.model.init == "gpt2" and RunConfig.from_dict({"model": {}}).model.init == "scaled_zero"
+    assert saved.model.init == "gpt2" and RunConfig.from_dict({"model": {}}).model.init == "auto"
     # resuming it with today's preset keeps the run's own init (its weights come from the checkpoint)
     merged = merge_resume_config(saved, RunConfig())
     assert merged.model.init == "gpt2"

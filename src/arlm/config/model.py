@@ -241,10 +241,10 @@ class ModelConfig(ModelChecks):
     attn_dropout: float = 0.0
     ff_dropout: float = 0.0
     layer_dropout: float = 0.0
-    # weight initialisation (model/init.py): scaled_zero (width-aware, blocks start as the identity) |
-    # scaled (width-aware) | gpt2 (N(0, init_std)) | torch (PyTorch's nn.Linear default, as
-    # x-transformers); init_std is gpt2's
-    init: str = "scaled_zero"
+    # weight initialisation (model/init.py): auto (scaled_zero below width 512, torch from there) |
+    # scaled_zero (N(0, 1/sqrt(fan_in)), blocks start as the identity) | scaled | gpt2 (N(0, init_std))
+    # | torch (PyTorch's nn.Linear default, as x-transformers); init_std is gpt2's
+    init: str = "auto"
     init_std: float = 0.02
 
     @property

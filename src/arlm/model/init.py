@@ -3,27 +3,30 @@
 Dims: C model width (``dim``), fan_in a linear layer's input features, L residual branches
 (an attention and a feed-forward sublayer per block: 2 x depth).
 
+- ``auto`` (the default): width-aware, by measurement: ``scaled_zero`` below width
+  ``AUTO_TORCH_WIDTH``, ``torch`` from there on (``scheme(cfg)`` says which).
 - ``gpt2``: every weight N(0, init_std) (0.02, GPT-2's choice for width 768, small for narrow
   models), the residual output projections N(0, init_std / sqrt(L)) so the residual stream's
   variance does not grow with depth. arlm's only init before ``model.init`` existed.
-- ``scaled``: width-aware. Linear weights N(0, 1/sqrt(fan_in)) (LeCun: unit-variance outputs for
+- ``scaled``: linear weights N(0, 1/sqrt(fan_in)) (LeCun: unit-variance outputs for
   unit-variance inputs, at every width), the residual output projections again divided by
   sqrt(L) as gpt2 does, and the token embedding N(0, sqrt(2 / C)) (x-transformers' Kaiming init:
   rows of norm ~sqrt(2) whatever the width).
-- ``scaled_zero`` (the default): ``scaled`` with the residual output projections at zero, so
-  every block starts as the identity and the residual stream is the embedding (the zero-init
-  branches of ReZero, Bachlechner et al. 2020, and of Fixup, Zhang et al. 2019; a branch's
-  inner weights get gradients from the second step on). The weights are drawn in the same order
-  as ``scaled`` and then zeroed, so the two differ in those projections only.
+- ``scaled_zero``: ``scaled`` with the residual output projections at zero, so every block
+  starts as the identity and the residual stream is the embedding (the zero-init branches of
+  ReZero, Bachlechner et al. 2020, and of Fixup, Zhang et al. 2019; a branch's inner weights get
+  gradients from the second step on). The weights are drawn in the same order as ``scaled`` and
+  then zeroed, so the two differ in those projections only.
 - ``torch``: PyTorch's ``nn.Linear`` default, the init x-transformers models start from: weights
   and biases U(+-1/sqrt(fan_in)) (std 1/sqrt(3 fan_in)), residual outputs not scaled, the token
-  embedding N(0, sqrt(2 / C)). For ports that want x-transformers' starting distribution, and
-  for wide models: at width 512 it trained better than ``scaled_zero`` (see below).
+  embedding N(0, sqrt(2 / C)).
 
-Chosen by measurement against x-transformers' own init (PyTorch's U(+-1/sqrt(fan_in)) linears,
-Kaiming embedding) at equal settings: ``benchmarks/quality.py --own-init --seeds 0 1`` (the
-README's results table). scaled_zero leads at widths 128 and 256 and still trails by under 1% at
-width 512.
+Measured against x-transformers' own init at equal settings (``benchmarks/quality.py --own-init``:
+depth 3, lr 1e-3 with AdamW, 1,000 steps; the README's results table): ``scaled_zero`` leads by
+3.5% at width 128 and 0.8% at 256 but trails by ~1% at 512, where ``torch`` (x-transformers'
+own distribution) does as well as x-transformers. ``auto`` takes the better of the two by
+width. At width 512, smaller weights with zeroed branches (N(0, 1/sqrt(3 fan_in))), a zero
+query projection, a smaller head, and weights 0.7x or 1.7x ``torch``'s were no better.
 """
 
 from __future__ import annotations
@@ -35,20 +38,30 @@ from torch import nn
 
 # names (suffixes) of the linear layers that write into the residual stream
 RESIDUAL_OUTPUTS = ("attn.out", "ff.proj_out")
+# ``auto`` is ``torch`` from this width on, ``scaled_zero`` below it
+AUTO_TORCH_WIDTH = 512
+
+
+def scheme(cfg) -> str:
+    """The scheme ``cfg.init`` draws with: ``auto`` resolved by the width, any other name itself."""
+    if cfg.init != "auto":
+        return cfg.init
+    return "torch" if cfg.dim >= AUTO_TORCH_WIDTH else "scaled_zero"
 
 
 def zeroes_residual_outputs(cfg) -> bool:
-    """Whether the residual output projections start at zero: ``model.init: scaled_zero`` or the
+    """Whether the residual output projections start at zero: ``scaled_zero`` (by name or by ``auto``) or the
     x-transformers option ``zero_init_branch_output``."""
-    return cfg.init == "scaled_zero" or cfg.zero_init_branch_output
+    return scheme(cfg) == "scaled_zero" or cfg.zero_init_branch_output
 
 
 def linear_std(cfg, name: str, layer: nn.Linear, n_branches: int) -> float:
     """The std of a linear layer's N(0, std) draw under ``cfg.init`` (before
     ``zeroes_residual_outputs`` zeroes the residual outputs)."""
-    if cfg.init == "torch":
+    kind = scheme(cfg)
+    if kind == "torch":
         return (3 * layer.in_features) ** -0.5
-    std = cfg.init_std if cfg.init == "gpt2" else layer.in_features**-0.5
+    std = cfg.init_std if kind == "gpt2" else layer.in_features**-0.5
     if name.endswith(RESIDUAL_OUTPUTS):
         std /= math.sqrt(n_branches)
     return std
@@ -62,7 +75,7 @@ def draw_linear_(cfg, name: str, layer: nn.Linear, n_branches: int, generator) -
     std = linear_std(cfg, name, layer, n_branches)
     w = layer.weight
     fresh = torch.empty(w.shape, device=w.device, dtype=w.dtype)
-    if cfg.init == "torch":
+    if scheme(cfg) == "torch":
         bound = math.sqrt(3) * std
         w.copy_(fresh.uniform_(-bound, bound, generator=generator))
         if layer.bias is not None:
@@ -75,4 +88,4 @@ def draw_linear_(cfg, name: str, layer: nn.Linear, n_branches: int, generator) -
 
 def embedding_std(cfg, width: int) -> float:
     """The std of an N(0, std) embedding table of rows of ``width`` under ``cfg.init``."""
-    return cfg.init_std if cfg.init == "gpt2" else math.sqrt(2.0 / width)
+    return cfg.init_std if scheme(cfg) == "gpt2" else math.sqrt(2.0 / width)

@@ -193,6 +193,8 @@ class Transformer(nn.Module):
                 draw_linear_(cfg, name, m, self.n_branches, g)
                 if name.endswith("value_gate") or (zero_out and name.endswith(RESIDUAL_OUTPUTS)):
                     m.weight.zero_()  # gates start at sigmoid(0) = 0.5; zero-init branches (Bachlechner et al. 2020, ReZero)
+                    if m.bias is not None:
+                        m.bias.zero_()  # (drawn under model.init: torch) a zero branch outputs zero
             elif isinstance(m, nn.Embedding):
                 s = embedding_std(cfg, m.embedding_dim)
                 if cfg.l2norm_embed and name in ("token_emb", "pos_emb.emb"):
