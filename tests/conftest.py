@@ -21,7 +21,7 @@ import torch  # noqa: E402  (after the variable, so a fresh import picks it up)
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-# The default model.init (auto: scaled_zero below width 512) starts every block as the identity:
+# The default model.init (auto: scaled_zero below width 384) starts every block as the identity:
 # at init the logits at a position depend on its own token only, so a check of causality, caching,
 # masking or batching on such a model passes whatever attention does (a non-causal kernel passed 182 tests that
 # ``scaled`` fails). Tests of what a model computes build it with LIVE_INIT: ``scaled``, the same

@@ -241,7 +241,7 @@ class ModelConfig(ModelChecks):
     attn_dropout: float = 0.0
     ff_dropout: float = 0.0
     layer_dropout: float = 0.0
-    # weight initialisation (model/init.py): auto (scaled_zero below width 512, torch from there) |
+    # weight initialisation (model/init.py): auto (scaled_zero below width 384, torch from there) |
     # scaled_zero (N(0, 1/sqrt(fan_in)), blocks start as the identity) | scaled | gpt2 (N(0, init_std))
     # | torch (PyTorch's nn.Linear default, as x-transformers); init_std is gpt2's
     init: str = "auto"
