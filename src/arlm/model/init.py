@@ -52,13 +52,13 @@ def scheme(cfg) -> str:
 
 
 def zeroes_residual_outputs(cfg) -> bool:
-    """Whether the residual output projections start at zero: ``scaled_zero`` (by name or by ``auto``) or the
-    x-transformers option ``zero_init_branch_output``."""
+    """Whether the residual output projections start at zero: ``scaled_zero`` (by name or by
+    ``auto``) or the x-transformers option ``zero_init_branch_output``."""
     return scheme(cfg) == "scaled_zero" or cfg.zero_init_branch_output
 
 
 def linear_std(cfg, name: str, layer: nn.Linear, n_branches: int) -> float:
-    """The std of a linear layer's N(0, std) draw under ``cfg.init`` (before
+    """The std of a linear layer's weight draw under ``cfg.init`` (before
     ``zeroes_residual_outputs`` zeroes the residual outputs)."""
     kind = scheme(cfg)
     if kind == "torch":
