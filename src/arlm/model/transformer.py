@@ -179,7 +179,8 @@ class Transformer(nn.Module):
         biases, or ``torch``'s uniform weights and biases; the residual output projections at zero
         (``scaled_zero``, what the default ``auto`` is for narrow models) or scaled by 1/sqrt(number
         of residual branches)), norm gains at 1. Option parameters start where their papers start
-        them (identity talking heads, unit scales, N(0, 1) memory). Deterministic from ``generator`` (or the global RNG)."""
+        them (identity talking heads, unit scales, N(0, 1) memory). Deterministic from
+        ``generator`` (or the global RNG)."""
         cfg = self.cfg
         g = generator
         zero_out = zeroes_residual_outputs(cfg)
