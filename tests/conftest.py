@@ -23,9 +23,10 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # The default model.init (auto: scaled_zero below width 384) starts every block as the identity:
 # at init the logits at a position depend on its own token only, so a check of causality, caching,
-# masking or batching on such a model passes whatever attention does (a non-causal kernel passed 182 tests that
-# ``scaled`` fails). Tests of what a model computes build it with LIVE_INIT: ``scaled``, the same
-# draws with the residual outputs live. tests/test_model.py tests scaled_zero itself.
+# masking or batching on such a model passes whatever attention does (a non-causal kernel passed
+# 182 tests that ``scaled`` fails). Tests of what a model computes build it with LIVE_INIT:
+# ``scaled``, the same draws with the residual outputs live. tests/test_model.py tests scaled_zero
+# itself.
 LIVE_INIT = "scaled"
 
 

@@ -4,6 +4,7 @@ docs/options.md gives the status of every x-transformers keyword."""
 from __future__ import annotations
 
 import pytest
+from conftest import reinit
 
 from arlm import Decoder, TransformerWrapper
 from arlm.model.facade_keywords import _ANY, INERT, REFUSED
@@ -77,9 +78,7 @@ def test_init_torch_draws_from_x_transformers_own_initial_distribution():
     kw = dict(dim=128, depth=2, heads=4, rotary_pos_emb=True)
     torch.manual_seed(0)
     peer = xt.TransformerWrapper(num_tokens=256, max_seq_len=32, attn_layers=xt.Decoder(**kw))
-    ours = TransformerWrapper(num_tokens=256, max_seq_len=32, attn_layers=Decoder(**kw))
-    ours.cfg.init = "torch"
-    ours.init_weights(torch.Generator().manual_seed(1))
+    ours = reinit(TransformerWrapper(num_tokens=256, max_seq_len=32, attn_layers=Decoder(**kw)), "torch", seed=1)
     theirs = convert_state_dict(peer.state_dict(), ours)
     checked = 0
     for name, p in ours.state_dict().items():

@@ -285,9 +285,9 @@ def test_init_schemes_set_the_stds_they_name(scheme):
                 assert float(w.std()) == pytest.approx(want, rel=0.06), (scheme, dim, name)
                 assert abs(float(w.mean())) < 0.1 * want
             assert torch.all(b.attn_norm.weight == 1)
-            for bias in (b.ff.proj_in.bias.detach(), b.ff.proj_out.bias.detach()):
+            for layer in (b.ff.proj_in, b.ff.proj_out):
+                bias, fan = layer.bias.detach(), layer.in_features
                 if scheme == "torch":  # nn.Linear's bias: U(+-1/sqrt(fan_in)) too
-                    fan = b.ff.proj_in.in_features if bias.numel() == b.ff.proj_in.out_features else b.ff.proj_out.in_features
                     assert float(bias.std()) == pytest.approx((3 * fan) ** -0.5, rel=0.15)
                     assert float(bias.abs().max()) <= fan**-0.5
                 else:
