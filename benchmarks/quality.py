@@ -35,6 +35,8 @@ import common
 import numpy as np
 import torch
 
+from arlm.model.init import scheme
+
 DEFAULT_DATA = common.REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 LIBS = ("x-transformers", "arlm")
 
@@ -106,7 +108,9 @@ def build(args, dim: int, seed: int):
             a_model.net.cfg.validate()
         # arlm's init from a generator seeded like x-transformers' global RNG
         a_model.net.init_weights(torch.Generator().manual_seed(seed))
-        how = f"each library's own init, same seed (arlm: model.init={a_model.net.cfg.init!r})"
+        cfg = a_model.net.cfg
+        drawn = "" if scheme(cfg) == cfg.init else f", which draws {scheme(cfg)!r} at width {dim}"
+        how = f"each library's own init, same seed (arlm: model.init={cfg.init!r}{drawn})"
     elif not copied:
         how += " (no converter: each library's own init)"
     models = {"x-transformers": x_model.train(), "arlm": a_model.train()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import LIVE_INIT, live_init
+from conftest import LIVE_INIT, live_init, reinit
 from safetensors.torch import load_model, save_model
 
 from arlm import AutoregressiveWrapper, Decoder, ModelConfig, Transformer, TransformerWrapper, top_k
@@ -339,11 +339,45 @@ def test_zero_residual_outputs_learn():
     assert losses[-1] < losses[0]
 
 
-def test_init_is_auto_by_default_scaled_zero_when_narrow_torch_when_wide_and_gpt2_by_name():
+def test_torch_zero_query_is_torch_with_the_queries_zeroed():
+    """The same draws as ``torch`` but for the query rows of each fused projection (and a latent
+    attention's query up-projection), which are zero: every head starts attending uniformly, so
+    with one block and rotary positions the last position cannot tell the order of the tokens
+    before it. Normalised queries (qk-norm) keep their draw."""
+    def make(init, **kw):
+        kw = dict(dict(depth=2, attn_bias=True), **kw)
+        cfg = ModelConfig(vocab_size=V, max_seq_len=16, dim=32, heads=2, init=init, **kw)
+        return reinit(Transformer(cfg), init, seed=3).eval()
+
+    zq, tr = make("torch_zero_query"), make("torch")
+    n = 2 * zq.cfg.head_dim  # the query rows: heads x head_dim
+    for (k, a), b in zip(zq.named_parameters(), tr.parameters()):
+        if k.endswith("attn.qkv.weight") or k.endswith("attn.qkv.bias"):
+            assert torch.all(a[:n] == 0) and torch.all(b[:n] != 0), k
+            assert torch.equal(a[n:], b[n:]), k
+        else:
+            assert torch.equal(a, b), k
+    latent = make("torch_zero_query", attn_use_latent_q=True, attn_dim_latent_q=16, attn_bias=False)
+    assert torch.all(latent.blocks[0].attn.latent.q.weight == 0)
+    assert torch.all(latent.blocks[0].attn.latent.latent_q.weight != 0)
+    for kw in (dict(qk_norm=True), dict(qk_rmsnorm=True)):
+        assert torch.equal(make("torch_zero_query", **kw).blocks[0].attn.qkv.weight,
+                           make("torch", **kw).blocks[0].attn.qkv.weight), kw
+    x = ids(2, 10)
+    y = x.clone()
+    y[:, :-1] = x[:, :-1].flip(1)  # the same tokens before the last, in the other order
+    with torch.no_grad():
+        for init in ("torch_zero_query", "torch"):
+            net = make(init, depth=1, pos_emb="rotary")  # positions only in the scores
+            same = torch.allclose(net(x)[:, -1], net(y)[:, -1], atol=1e-5)
+            assert same == (init == "torch_zero_query"), init
+
+
+def test_init_is_auto_by_default_scaled_zero_when_narrow_torch_zero_query_when_wide_and_gpt2_by_name():
     from arlm.model.init import AUTO_TORCH_WIDTH, scheme
 
     assert ModelConfig().init == "auto"
-    for dim, want in ((32, "scaled_zero"), (AUTO_TORCH_WIDTH - 32, "scaled_zero"), (AUTO_TORCH_WIDTH, "torch")):
+    for dim, want in ((32, "scaled_zero"), (AUTO_TORCH_WIDTH - 32, "scaled_zero"), (AUTO_TORCH_WIDTH, "torch_zero_query")):
         # the x-transformers facade gets the default too
         net = TransformerWrapper(num_tokens=V, max_seq_len=8, attn_layers=Decoder(dim=dim, depth=1, heads=2))
         assert net.cfg.init == "auto" and scheme(net.cfg) == want, dim
@@ -351,7 +385,9 @@ def test_init_is_auto_by_default_scaled_zero_when_narrow_torch_when_wide_and_gpt
         if want == "scaled_zero":  # zeroed branches, Gaussian draws, zero biases
             assert torch.all(net.blocks[0].attn.out.weight == 0) and torch.all(out.weight == 0)
             assert torch.all(proj_in.bias == 0) and float(proj_in.weight.abs().max()) > dim**-0.5
-        else:  # nn.Linear's default: live branches, uniform weights and biases within 1/sqrt(fan_in)
+        else:  # nn.Linear's default: live branches, uniform weights and biases within 1/sqrt(fan_in); zero queries
+            qkv, n = net.blocks[0].attn.qkv.weight, 2 * net.cfg.head_dim
+            assert torch.all(qkv[:n] == 0) and 0 < float(qkv[n:].abs().max()) <= dim**-0.5
             assert float(out.weight.abs().min()) < float(out.weight.abs().max()) <= out.in_features**-0.5
             assert 0 < float(proj_in.bias.abs().max()) <= dim**-0.5
             assert float(proj_in.weight.abs().max()) <= dim**-0.5
@@ -368,7 +404,7 @@ def test_init_config_round_trip_errors_and_old_configs():
 
     cfg = RunConfig.from_dict({"model": dict(init="gpt2", init_std=0.01)})
     assert RunConfig.from_yaml(cfg.to_yaml()).model.init == "gpt2"
-    with pytest.raises(ConfigError, match=r"model.init='xavier' is not one of: auto, scaled_zero, scaled, gpt2, torch"):
+    with pytest.raises(ConfigError, match=r"model.init='xavier' is not one of: auto, scaled_zero, scaled, gpt2, torch, torch_zero_query"):
         RunConfig.from_dict({"model": dict(init="xavier")}).validate()
     with pytest.raises(ConfigError, match="model.init_std=0.01 is the std of model.init=gpt2"):
         RunConfig.from_dict({"model": dict(init="scaled", init_std=0.01)}).validate()

@@ -241,9 +241,10 @@ class ModelConfig(ModelChecks):
     attn_dropout: float = 0.0
     ff_dropout: float = 0.0
     layer_dropout: float = 0.0
-    # weight initialisation (model/init.py): auto (scaled_zero below width 384, torch from there) |
-    # scaled_zero (N(0, 1/sqrt(fan_in)), blocks start as the identity) | scaled | gpt2 (N(0, init_std))
-    # | torch (PyTorch's nn.Linear default, as x-transformers); init_std is gpt2's
+    # weight initialisation (model/init.py): auto (scaled_zero below width 384, torch_zero_query
+    # from there) | scaled_zero (N(0, 1/sqrt(fan_in)), blocks start as the identity) | scaled |
+    # gpt2 (N(0, init_std)) | torch (PyTorch's nn.Linear default, as x-transformers) |
+    # torch_zero_query (torch with the query projections at zero); init_std is gpt2's
     init: str = "auto"
     init_std: float = 0.02
 

@@ -16,7 +16,7 @@ POS_EMBS = ("absolute", "rotary", "polar", "scaled_sinusoidal", "none")
 TOKEN_POS_EMBS = ("absolute", "scaled_sinusoidal", "none")
 POS_BIASES = ("none", "alibi", "t5", "dynamic")
 # weight initialisation schemes (model/init.py)
-INITS = ("auto", "scaled_zero", "scaled", "gpt2", "torch")
+INITS = ("auto", "scaled_zero", "scaled", "gpt2", "torch", "torch_zero_query")
 FF_ACTIVATIONS = ("gelu", "swish", "relu_squared", "solu", "gelu_tanh", "relu", "mish", "tanh", "sigmoid", "softplus")
 
 # Fields that may take one value per sublayer: each only changes the module it builds (no cache

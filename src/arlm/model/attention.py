@@ -133,6 +133,7 @@ class Attention(nn.Module):
         # applied before the cache write, so cached keys/values are the normalised ones
         self.qk_rmsnorm = (HeadRMSNorm(D, H + K) if cfg.qk_rmsnorm else HeadRMSNorm(D, K, first=H) if cfg.k_rmsnorm
                            else None)
+        self.normalises_queries = bool(cfg.qk_norm or cfg.qk_rmsnorm)
         self.value_rmsnorm = HeadRMSNorm(Dv, K) if cfg.value_rmsnorm else None
         # memory key/values (Sukhbaatar et al. 2019, "Augmenting Self-attention with Persistent Memory")
         self.num_mem_kv = cfg.attn_num_mem_kv
@@ -333,6 +334,21 @@ class Attention(nn.Module):
             std = (2 * self.out.in_features * self.out_depth) ** -0.5
             # drawn in logical order, as init_weights does (storage may be transposed)
             w.copy_(torch.empty(w.shape, dtype=w.dtype, device=w.device).normal_(0.0, std, generator=generator))
+
+    @torch.no_grad()
+    def zero_query_(self) -> None:
+        """Query projections at zero (``model.init: torch_zero_query``; muP's query init, Yang et al.
+        2021): every head starts attending uniformly over the keys it may see. Normalised queries
+        (qk-norm) keep their draw: a zero vector has no direction."""
+        if self.normalises_queries:
+            return
+        if self.latent is not None:
+            self.latent.q.weight.zero_()
+            return
+        n = self.heads * self.head_dim
+        self.qkv.weight[:n].zero_()
+        if self.qkv.bias is not None:
+            self.qkv.bias[:n].zero_()
 
     def _with_layer_bias(self, x, ctx: Context, step: int, S: int):
         """(mask, bias) with this layer's own position bias added: to the additive mask of the

@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, ModelConfig
-from .attention import KVCache
+from .attention import Attention, KVCache
 from .block import Block
 from .calls import call
 from .context import Context, make_context, plan_steps
 from .embedding import (MixtureOfSoftmax, deep_embed_scales, extra_embeddings, frac_gradient, next_embed_head,
                         sigsoftmax)
-from .init import RESIDUAL_OUTPUTS, draw_linear_, embedding_std, zeroes_residual_outputs
+from .init import RESIDUAL_OUTPUTS, draw_linear_, embedding_std, zeroes_query, zeroes_residual_outputs
 from .loss import auto_chunk_rows, check_reduction, linear_cross_entropy
 from .norms import NORM_TYPES, make_norm
 from .positional import (AbsolutePositionalEmbedding, AlibiBias, DynamicPositionBias, Polar, Rotary,
@@ -225,6 +225,10 @@ class Transformer(nn.Module):
         for m in self.modules():
             if m is not self and hasattr(m, "init_option_"):
                 m.init_option_(g)
+        if zeroes_query(cfg):  # model.init torch_zero_query (auto on wide models): uniform attention at step 0
+            for m in self.modules():
+                if isinstance(m, Attention):
+                    m.zero_query_()
 
     def new_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
         """A preallocated KV cache for ``batch_size`` rows and ``max_len`` slots."""
