@@ -28,9 +28,9 @@ Dims: C model width (``dim``), fan_in a linear layer's input features, L residua
 Measured against x-transformers' own init at equal settings (``benchmarks/quality.py --own-init``:
 depth 3, lr 1e-3 with AdamW, 1,000 steps; the README's results table): ``scaled_zero`` leads by
 3.5% at width 128 and 0.8% at 256 but trails by ~1% at 512, where ``torch`` (x-transformers'
-own distribution) only ties with x-transformers and ``torch_zero_query`` leads it (0.8% over
-three seeds at step 1,000; on the same draws zeroing the queries gained 0.8-1.4% on every
-seed). At width 384 (one seed) ``torch_zero_query`` was ahead of ``torch`` and ``scaled_zero``;
+own distribution) only ties with x-transformers and ``torch_zero_query`` leads it (0.992 at
+steps 250 and 1,000 over four seeds; on the same draws, zeroing ``torch``'s queries gained
+0.8-1.4% at step 1,000 on each of three seeds). At width 384 (one seed) ``torch_zero_query`` was ahead of ``torch`` and ``scaled_zero``;
 at 256 it tied with ``scaled_zero`` at step 1,000 and trailed it at 250, so ``auto`` switches
 at 384. Tried at width 512 and no better than ``torch``: a zero or larger head, an embedding
 std of 1 or 0.01, orthogonal draws, mimetic attention (Trockman & Kolter 2023), ``scaled_zero``
@@ -86,9 +86,9 @@ def linear_std(cfg, name: str, layer: nn.Linear, n_branches: int) -> float:
 
 def draw_linear_(cfg, name: str, layer: nn.Linear, n_branches: int, generator) -> None:
     """Draw a linear layer's weight (and bias) in place under ``cfg.init``: N(0, std), zero bias;
-    ``torch`` and ``torch_zero_query``: U(+-sqrt(3) std) for both, as ``nn.Linear.reset_parameters``. Drawn in logical
-    (row-major) order, so the same seed gives the same weights whatever the storage layout (see
-    generation/cpu_layout.py)."""
+    ``torch`` and ``torch_zero_query``: U(+-sqrt(3) std) for both, as
+    ``nn.Linear.reset_parameters``. Drawn in logical (row-major) order, so the same seed gives the
+    same weights whatever the storage layout (see generation/cpu_layout.py)."""
     std = linear_std(cfg, name, layer, n_branches)
     w = layer.weight
     fresh = torch.empty(w.shape, device=w.device, dtype=w.dtype)

@@ -178,7 +178,8 @@ class Transformer(nn.Module):
         """The ``model.init`` scheme (model/init.py: N(0, std) weights with a per-layer std and zero
         biases, or ``torch``'s uniform weights and biases; the residual output projections at zero
         (``scaled_zero``, what the default ``auto`` is for narrow models) or scaled by 1/sqrt(number
-        of residual branches)), norm gains at 1. Option parameters start where their papers start
+        of residual branches); the query projections at zero under ``torch_zero_query``, what
+        ``auto`` is for wide ones), norm gains at 1. Option parameters start where their papers start
         them (identity talking heads, unit scales, N(0, 1) memory). Deterministic from
         ``generator`` (or the global RNG)."""
         cfg = self.cfg
