@@ -30,9 +30,10 @@ depth 3, lr 1e-3 with AdamW, 1,000 steps; the README's results table): ``scaled_
 3.5% at width 128 and 0.8% at 256 but trails by ~1% at 512, where ``torch`` (x-transformers'
 own distribution) only ties with x-transformers and ``torch_zero_query`` leads it (0.992 at
 steps 250 and 1,000 over four seeds; on the same draws, zeroing ``torch``'s queries gained
-0.8-1.4% at step 1,000 on each of three seeds). At width 384 (one seed) ``torch_zero_query`` was ahead of ``torch`` and ``scaled_zero``;
-at 256 it tied with ``scaled_zero`` at step 1,000 and trailed it at 250, so ``auto`` switches
-at 384. Tried at width 512 and no better than ``torch``: a zero or larger head, an embedding
+0.8-1.4% at step 1,000 on each of three seeds). At width 384 (one seed) ``torch_zero_query``
+was ahead of ``torch`` and ``scaled_zero``; at 256 (two seeds) it trailed ``scaled_zero`` at
+both steps on the mean (at step 1,000 it tied on seed 0 and lost by 1.2% on seed 1), so
+``auto`` switches at 384. Tried at width 512 and no better than ``torch``: a zero or larger head, an embedding
 std of 1 or 0.01, orthogonal draws, mimetic attention (Trockman & Kolter 2023), ``scaled_zero``
 with a zero query projection or a smaller head, smaller weights with zeroed branches, and live
 weights 0.7x or 1.7x ``torch``'s.
